@@ -1,0 +1,152 @@
+"""Command lines for train.py / charlm-train and sample.py / charlm-sample.
+
+Argument parsing and error reporting only; the work is in charlm's library modules.
+Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
+JAX is imported only after the arguments are parsed, so --help and flag errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from charlm.config import DEFAULT_PRESET, INPUT_ENCODINGS, PRESETS, make_run_config
+from charlm.errors import CharlmError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump)."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _preset_default(section: str, name: str) -> str:
+    value = getattr(getattr(make_run_config(DEFAULT_PRESET), section), name)
+    return f"(default: {value}, from --preset {DEFAULT_PRESET})"
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="train.py", description="Train a char-level LSTM on a book and keep the best checkpoint.",
+                epilog="Examples:  python train.py  |  python train.py --layers 2  |  "
+                       "python train.py --text mybook.txt --epochs 5")
+    src = p.add_argument_group("text")
+    src.add_argument("--text", metavar="FILE",
+                     help="UTF-8 text to train on (default: ./wonderland.txt if present, else Gutenberg book 11)")
+    src.add_argument("--gutenberg", type=int, metavar="ID",
+                     help="download Project Gutenberg book ID once into the user cache and train on it")
+    src.add_argument("--no-lowercase", dest="lowercase", action="store_false", default=None,
+                     help="keep case (default: lowercase, as the tutorial)")
+    src.add_argument("--no-strip", dest="strip", action="store_false", default=None,
+                     help="use the text exactly as given (default: drop a Gutenberg header/footer)")
+    src.add_argument("--seq-length", type=int, help=f"chars per window {_preset_default('data', 'seq_length')}")
+    src.add_argument("--stride", type=int, help=f"step between window starts {_preset_default('data', 'stride')}")
+    net = p.add_argument_group("model")
+    net.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                     help="seed-small: the tutorial's 1x256 net, batch 128, 20 epochs; seed-big: its 2x256 net, "
+                          "batch 64, 50 epochs. Explicit flags override it (default: %(default)s)")
+    net.add_argument("--layers", type=int, help=f"stacked LSTM layers {_preset_default('model', 'layers')}")
+    net.add_argument("--hidden", type=int, help=f"LSTM units per layer {_preset_default('model', 'hidden')}")
+    net.add_argument("--dropout", type=float, help=f"dropout after each LSTM layer {_preset_default('model', 'dropout')}")
+    net.add_argument("--input-encoding", choices=INPUT_ENCODINGS,
+                     help=f"scaled: id/vocab as one float (tutorial); onehot; embed {_preset_default('model', 'input_encoding')}")
+    net.add_argument("--embed-dim", type=int, help=f"embedding width for --input-encoding embed {_preset_default('model', 'embed_dim')}")
+    opt = p.add_argument_group("training")
+    opt.add_argument("--epochs", type=int, help=f"passes over the windows {_preset_default('train', 'epochs')}")
+    opt.add_argument("--batch-size", type=int, help=f"windows per step {_preset_default('train', 'batch_size')}")
+    opt.add_argument("--lr", dest="learning_rate", type=float,
+                     help=f"Adam learning rate {_preset_default('train', 'learning_rate')}")
+    opt.add_argument("--seed", type=int, help=f"seed for init, dropout and shuffling {_preset_default('train', 'seed')}")
+    opt.add_argument("--ckpt-dir", default="checkpoints", help="where the best checkpoint goes (default: %(default)s)")
+    opt.add_argument("--resume", action="store_true", help="continue from the best checkpoint in --ckpt-dir")
+    return p
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+
+    def run() -> None:
+        overrides = {k: v for k, v in vars(args).items()
+                     if k not in ("text", "gutenberg", "preset", "ckpt_dir", "resume")}
+        cfg = make_run_config(args.preset, **overrides)
+        from charlm.corpus import read_text, resolve_corpus
+        from charlm.trainer import train
+
+        path = resolve_corpus(args.text, args.gutenberg)
+        raw = read_text(path)
+        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path))
+        if result.best_path is not None:
+            print(f"Best checkpoint: {result.best_path} (loss {result.best_loss:.4f}); "
+                  f"sample with: python sample.py --ckpt {args.ckpt_dir}")
+
+    return _guarded("train.py", run)
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sample.py", description="Generate text from a charlm checkpoint.",
+                epilog="Examples:  python sample.py --ckpt checkpoints  |  "
+                       "python sample.py --ckpt checkpoints --temperature 0.8 --prime 'alice was'")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
+    p.add_argument("--prime", help="text to start from (default: a random seed window stored in the checkpoint)")
+    p.add_argument("--length", type=int, default=1000, help="chars to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 takes the most likely char (the tutorial's argmax); >0 samples (default: %(default)s)")
+    p.add_argument("--top-k", type=int, help="sample only among the K most likely chars (default: all)")
+    p.add_argument("--seed", type=int, help="seed for the seed-window choice and sampling (default: random)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples, drawn in one batch (default: %(default)s)")
+    p.add_argument("--context", choices=("stateful", "window"), default="stateful",
+                   help="stateful: carry the LSTM state (fast); window: predict each char from the last seq_length "
+                        "chars from a zero state, exactly as the tutorial (default: %(default)s)")
+    return p
+
+
+def sample_main(argv: Sequence[str] | None = None) -> int:
+    args = sample_parser().parse_args(argv)
+
+    def run() -> None:
+        import secrets
+
+        from charlm.checkpoint import restore
+        from charlm.sampling import generate
+
+        state, cfg, vocab, meta = restore(args.ckpt)
+        seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+        prime = args.prime if args.prime is not None else meta["seeds"][seed % len(meta["seeds"])]
+        texts = generate(state.params, cfg, vocab, prime, length=args.length, temperature=args.temperature,
+                         top_k=args.top_k, seed=seed, num_samples=args.num_samples, context=args.context)
+        print(f'Seed: "{prime}"')
+        for i, text in enumerate(texts):
+            if len(texts) > 1:
+                print(f"--- sample {i + 1}/{len(texts)} ---")
+            print(text)
+        print("\nDone.")
+
+    return _guarded("sample.py", run)
+
+
+def _guarded(prog: str, run: Callable[[], None]) -> int:
+    """Runs a CLI body, turning bad input into one stderr line and an exit code."""
+    for stream in (sys.stdout, sys.stderr):  # UTF-8 output whatever the terminal's locale
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="replace")
+    try:
+        run()
+    except CharlmError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def train_entry() -> None:
+    sys.exit(train_main())
+
+
+def sample_entry() -> None:
+    sys.exit(sample_main())

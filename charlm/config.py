@@ -1,0 +1,148 @@
+"""Frozen configs for the model, the data and the training run, and the named presets.
+
+Every field is validated on construction, so a bad flag or a hand-edited checkpoint fails
+with one clear `CharlmError` before anything is trained or written. Configs round-trip
+through plain dicts (`to_dict`/`from_dict`), which is how checkpoints store them as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+from charlm.errors import CharlmError
+
+INPUT_ENCODINGS = ("scaled", "onehot", "embed")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise CharlmError(message)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+             f"{name} must be a positive integer, got {value!r}")
+
+
+def _probability(name: str, value: Any) -> None:
+    _require(isinstance(value, (int, float)) and 0.0 <= value < 1.0,
+             f"{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: input encoding -> `layers` x LSTM(`hidden`) + dropout -> Dense logits."""
+
+    vocab_size: int = 0             # set from the corpus; 0 until then
+    hidden: int = 256               # LSTM units per layer (the tutorial: 256)
+    layers: int = 1                 # stacked LSTM layers (tutorial small net: 1, larger net: 2)
+    dropout: float = 0.2            # dropout after each LSTM layer (tutorial: 0.2)
+    input_encoding: str = "scaled"  # scaled: id / vocab as one float (tutorial); onehot; embed
+    embed_dim: int = 64             # embedding width, only for input_encoding="embed"
+
+    def __post_init__(self):
+        _require(isinstance(self.vocab_size, int) and self.vocab_size >= 0,
+                 f"vocab_size must be a non-negative integer, got {self.vocab_size!r}")
+        _positive_int("hidden", self.hidden)
+        _positive_int("layers", self.layers)
+        _positive_int("embed_dim", self.embed_dim)
+        _probability("dropout", self.dropout)
+        _require(self.input_encoding in INPUT_ENCODINGS,
+                 f"input encoding must be one of {', '.join(INPUT_ENCODINGS)}; got {self.input_encoding!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How the text becomes training windows."""
+
+    seq_length: int = 100    # chars per input window (tutorial: 100)
+    stride: int = 1          # step between window starts (tutorial: 1, every position)
+    lowercase: bool = True   # lowercase the text first, as the tutorial does
+    strip: bool = True       # drop a Project Gutenberg header/footer when the markers are present
+
+    def __post_init__(self):
+        _positive_int("seq_length", self.seq_length)
+        _positive_int("stride", self.stride)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation run."""
+
+    epochs: int = 20              # passes over all windows (tutorial small net: 20)
+    batch_size: int = 128         # windows per Adam step (tutorial small net: 128)
+    learning_rate: float = 1e-3   # Adam step size (Keras default)
+    seed: int = 0                 # fixes init, dropout and the shuffling order
+
+    def __post_init__(self):
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _require(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0,
+                 f"learning_rate must be positive, got {self.learning_rate!r}")
+        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool),
+                 f"seed must be an integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run; stored whole in every checkpoint."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        _require(isinstance(d, Mapping), "config must be a JSON object")
+        return cls(model=_build(ModelConfig, d.get("model", {})),
+                   data=_build(DataConfig, d.get("data", {})),
+                   train=_build(TrainConfig, d.get("train", {})))
+
+
+C = TypeVar("C")
+
+
+def _build(cls: type[C], values: Any) -> C:
+    _require(isinstance(values, Mapping), f"{cls.__name__} must be a JSON object")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _require(not unknown, f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**values)
+
+
+# The tutorial's two nets. Flags given explicitly override these, field by field.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "seed-small": {"model": {"hidden": 256, "layers": 1, "dropout": 0.2, "input_encoding": "scaled"},
+                   "train": {"batch_size": 128, "epochs": 20}},
+    "seed-big": {"model": {"hidden": 256, "layers": 2, "dropout": 0.2, "input_encoding": "scaled"},
+                 "train": {"batch_size": 64, "epochs": 50}},
+}
+DEFAULT_PRESET = "seed-small"
+
+
+def make_run_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> RunConfig:
+    """Builds a RunConfig from a preset, then applies overrides.
+
+    Overrides are plain field names (`hidden=512`, `epochs=1`, `seq_length=50`); each is
+    routed to the one config that has that field. `None` values are ignored, so argparse
+    defaults of None mean "take the preset's value".
+    """
+    _require(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[preset].items()}
+    owners = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        _require(name in owners, f"unknown config field {name!r}")
+        sections.setdefault(owners[name], {})[name] = value
+    return RunConfig(model=ModelConfig(**sections.get("model", {})),
+                     data=DataConfig(**sections.get("data", {})),
+                     train=TrainConfig(**sections.get("train", {})))
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -1,0 +1,112 @@
+"""Text -> integer ids -> training windows -> batches, as pure NumPy functions.
+
+The encoded text is kept once. A training window is just its start index: batches are
+gathered from start indices on demand, so memory stays O(text length) instead of the
+tutorial's O(patterns x seq_length) list of windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from charlm.errors import CharlmError
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The sorted distinct chars of a text; a char's id is its index in `chars`."""
+
+    chars: str
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        if not text:
+            raise CharlmError("cannot build a vocabulary from an empty text")
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        known = set(self.chars)
+        return sorted({c for c in text if c not in known})
+
+    def encode(self, text: str) -> np.ndarray:
+        """Maps a string to an int32 array of ids; unknown chars raise a CharlmError naming them."""
+        missing = self.unknown_chars(text)
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
+            raise CharlmError(f"{len(missing)} char(s) not in the model's vocabulary: {shown}")
+        # A lookup table over code points is O(text) and far faster than a dict per char.
+        table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int32)
+        table[[ord(c) for c in self.chars]] = np.arange(self.size, dtype=np.int32)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        return table[codes]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1))
+
+
+def num_windows(n_tokens: int, seq_length: int, stride: int = 1) -> int:
+    """Windows of `seq_length` inputs that still have a next char to predict."""
+    return max(0, (n_tokens - seq_length - 1) // stride + 1)
+
+
+def window_starts(n_tokens: int, seq_length: int, stride: int = 1) -> np.ndarray:
+    """Start index of every training window: window i is tokens[s:s+seq_length], target tokens[s+seq_length]."""
+    return np.arange(num_windows(n_tokens, seq_length, stride), dtype=np.int64) * stride
+
+
+def check_long_enough(n_tokens: int, seq_length: int) -> None:
+    if num_windows(n_tokens, seq_length) == 0:
+        raise CharlmError(f"text has {n_tokens} chars, too short for one window: it needs at least "
+                          f"{seq_length + 1} (seq_length {seq_length} + 1 target); pass a longer text "
+                          f"or a smaller --seq-length")
+
+
+def shuffled(starts: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of `starts` that depends only on (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(starts)
+
+
+def batch_starts(starts: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Splits window starts into batches; the last one may be shorter."""
+    for i in range(0, len(starts), batch_size):
+        yield starts[i:i + batch_size]
+
+
+def gather_batch(tokens: np.ndarray, starts: np.ndarray, seq_length: int, batch_size: int | None = None) -> dict:
+    """Builds one batch from window starts.
+
+    Returns a dict with
+      inputs  [B, T] int32: tokens[s : s+T]
+      targets [B, T] int32: tokens[s+1 : s+T+1] (the next char at every position; the
+                            tutorial's objective uses only the last column)
+      weights [B] float32:  1 for real windows, 0 for padding rows.
+    With `batch_size`, a short final batch is padded to that size with zero-weight rows, so
+    every step has the same shape and the jitted step compiles once.
+    """
+    n = len(starts)
+    B = n if batch_size is None else batch_size
+    if n > B:
+        raise ValueError(f"{n} starts do not fit a batch of {B}")
+    padded = np.zeros(B, dtype=np.int64)
+    padded[:n] = starts
+    idx = padded[:, None] + np.arange(seq_length + 1)
+    window = tokens[idx]
+    weights = np.zeros(B, dtype=np.float32)
+    weights[:n] = 1.0
+    return {"inputs": window[:, :-1].astype(np.int32), "targets": window[:, 1:].astype(np.int32),
+            "weights": weights}
+
+
+def seed_windows(tokens: np.ndarray, seq_length: int, count: int, seed: int) -> list[np.ndarray]:
+    """`count` random windows of the text, stored in checkpoints as default sampling seeds."""
+    n = num_windows(len(tokens), seq_length)
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(n, size=min(count, n), replace=False))
+    return [tokens[s:s + seq_length] for s in picks]

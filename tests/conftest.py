@@ -1,0 +1,67 @@
+"""Shared fixtures: the tutorial's Alice text from ../shared, small texts, and CLI runners."""
+
+import http.server
+import os
+import subprocess
+import threading
+from functools import partial
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")  # a silently broadcast axis is a bug
+
+REPO = Path(__file__).resolve().parents[1]
+WONDERLAND = REPO.parent / "shared" / "data" / "wonderland.txt"
+
+
+@pytest.fixture(scope="session")
+def wonderland_path() -> Path:
+    if not WONDERLAND.is_file():
+        pytest.skip(f"{WONDERLAND} is missing")
+    return WONDERLAND
+
+
+@pytest.fixture
+def small_text_file(tmp_path, wonderland_path) -> Path:
+    """The first ~3,000 chars of Alice after the START line, as a file."""
+    path = tmp_path / "alice-small.txt"
+    path.write_text(wonderland_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    return path
+
+
+def run_cli(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs train.py / sample.py from the repo as a user would, capturing output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+
+
+# A tiny, fast training config for end-to-end tests.
+TINY = ["--hidden", "16", "--seq-length", "10", "--batch-size", "32", "--epochs", "2", "--seed", "0"]
+
+
+@pytest.fixture
+def gutenberg_server(tmp_path):
+    """A local HTTP server with gutenberg.org's cache layout: (url, put_book(id, text), request paths)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    def put_book(book_id: int, text: str) -> None:
+        folder = root / "cache" / "epub" / str(book_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"pg{book_id}.txt").write_text(text, encoding="utf-8")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", put_book, requests
+    server.shutdown()
+    server.server_close()

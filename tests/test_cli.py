@@ -1,0 +1,191 @@
+"""train.py and sample.py run as subprocesses, as a user runs them: the happy path and bad input."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+
+
+def tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].split(":")[0] in ("train.py", "sample.py") and "error:" in lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, wonderland_path):
+    """A tiny model trained by train.py on a 3,000-char slice of Alice."""
+    root = tmp_path_factory.mktemp("e2e")
+    text = root / "alice.txt"
+    text.write_text(wonderland_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    result = run_cli("train.py", "--text", str(text), "--ckpt-dir", str(root / "ck"), *TINY)
+    assert result.returncode == 0, result.stderr
+    return root, text, root / "ck", result
+
+
+def test_train_prints_the_tutorial_summary_and_epoch_lines(trained_run):
+    root, text, ck, result = trained_run
+    out = result.stdout
+    assert "Total Characters: 2921\nTotal Vocab: " in out  # 3,000 chars less the 79-char START line
+    assert "Total Patterns: 2911" in out
+    assert "Epoch 1/2" in out and "train loss (last-char):" in out
+    assert "loss improved from inf to" in out
+    assert (ck / "metrics.jsonl").read_text().count("\n") == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_sample_prints_seed_and_1000_chars(trained_run):
+    _, _, ck, _ = trained_run
+    result = run_cli("sample.py", "--ckpt", str(ck), "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0].startswith('Seed: "')
+    seed_end = result.stdout.index('"\n', 7)
+    generated = result.stdout[seed_end + 2:]
+    assert generated.endswith("\n\nDone.\n")
+    assert len(generated) == 1000 + len("\n\nDone.\n")
+    again = run_cli("sample.py", "--ckpt", str(ck), "--seed", "1")
+    assert again.stdout == result.stdout, "--seed makes sampling reproducible"
+
+
+def test_sample_options(trained_run):
+    _, _, ck, _ = trained_run
+    result = run_cli("sample.py", "--ckpt", str(ck), "--prime", "Alice was", "--length", "50",
+                     "--temperature", "0.8", "--top-k", "5", "--num-samples", "3", "--seed", "2",
+                     "--context", "window")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('Seed: "Alice was"\n--- sample 1/3 ---\n')
+    assert result.stdout.count("--- sample") == 3
+
+
+def test_resume_continues_from_the_best_epoch(trained_run, tmp_path):
+    root, text, ck, _ = trained_run
+    import shutil
+    run = tmp_path / "ck"
+    shutil.copytree(ck, run)
+    result = run_cli("train.py", "--text", str(text), "--ckpt-dir", str(run), *TINY[:-4], "--epochs", "3", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from epoch 2" in result.stdout and "Epoch 3/3" in result.stdout
+    assert "Epoch 1/3" not in result.stdout
+
+
+def test_help_lists_every_flag_with_its_default():
+    result = run_cli("train.py", "--help", env={"COLUMNS": "300"})
+    assert result.returncode == 0
+    for flag in ["--text", "--gutenberg", "--preset", "--layers", "--hidden", "--dropout", "--input-encoding",
+                 "--epochs", "--batch-size", "--lr", "--seed", "--ckpt-dir", "--resume", "--seq-length",
+                 "--no-lowercase", "--no-strip"]:
+        assert flag in result.stdout
+    assert "(default: 256, from --preset seed-small)" in result.stdout
+    result = run_cli("sample.py", "--help")
+    for flag in ["--ckpt", "--prime", "--length", "--temperature", "--top-k", "--seed", "--num-samples", "--context"]:
+        assert flag in result.stdout
+
+
+BAD_TRAIN = {
+    "missing text": (["--text", "nope.txt"], ["text file not found"]),
+    "empty text": (["--text", "{empty}"], ["empty"]),
+    "non-utf8 text": (["--text", "{latin1}"], ["not valid UTF-8", "offset 3"]),
+    "short text": (["--text", "{short}"], ["too short for one window"]),
+    "zero epochs": (["--epochs", "0"], ["epochs must be a positive integer"]),
+    "negative batch": (["--batch-size", "-4"], ["batch_size must be a positive integer"]),
+    "zero hidden": (["--hidden", "0"], ["hidden must be a positive integer"]),
+    "zero layers": (["--layers", "0"], ["layers must be a positive integer"]),
+    "dropout one": (["--dropout", "1"], ["dropout must be in [0, 1)"]),
+    "not a number": (["--epochs", "many"], ["invalid int value"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN)
+def test_bad_train_input_is_one_line_and_touches_no_checkpoint(case, trained_run, tmp_path):
+    root, text, ck, _ = trained_run
+    files = {"empty": tmp_path / "empty.txt", "latin1": tmp_path / "latin1.txt", "short": tmp_path / "short.txt"}
+    files["empty"].write_bytes(b"")
+    files["latin1"].write_bytes(b"abc\xff def")
+    files["short"].write_text("too short", encoding="utf-8")
+    args, words = BAD_TRAIN[case]
+    args = [a.format(**files) for a in args]
+    if "--text" not in args:
+        args += ["--text", str(text)]
+    before = tree_hash(ck)
+    result = run_cli("train.py", *args, "--ckpt-dir", str(ck), "--resume", cwd=tmp_path)
+    assert_one_line_error(result, *words)
+    assert tree_hash(ck) == before
+
+
+def test_resume_with_a_different_vocabulary_is_refused(trained_run, tmp_path):
+    root, text, ck, _ = trained_run
+    other = tmp_path / "other.txt"
+    other.write_text(text.read_text(encoding="utf-8") + " {zebra} #1 ", encoding="utf-8")
+    before = tree_hash(ck)
+    result = run_cli("train.py", "--text", str(other), "--ckpt-dir", str(ck), *TINY[:-4], "--epochs", "5", "--resume")
+    assert_one_line_error(result, "vocabulary differs", "#")
+    assert tree_hash(ck) == before
+
+
+def test_training_into_an_existing_checkpoint_without_resume_is_refused(trained_run):
+    root, text, ck, _ = trained_run
+    before = tree_hash(ck)
+    result = run_cli("train.py", "--text", str(text), "--ckpt-dir", str(ck), *TINY)
+    assert_one_line_error(result, "already holds a checkpoint", "--resume")
+    assert tree_hash(ck) == before
+
+
+BAD_SAMPLE = {
+    "prime out of vocab": (["--prime", "alice€"], ["not in the model's vocabulary", "'€'"]),
+    "missing ckpt": (["--ckpt", "{missing}"], ["checkpoint directory not found"]),
+    "not a ckpt": (["--ckpt", "{empty_dir}"], ["holds no charlm checkpoint"]),
+    "zero length": (["--length", "0"], ["length must be a positive integer"]),
+    "negative temperature": (["--temperature", "-1"], ["temperature must be >= 0"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SAMPLE)
+def test_bad_sample_input_is_one_line(case, trained_run, tmp_path):
+    _, _, ck, _ = trained_run
+    (tmp_path / "empty").mkdir()
+    args, words = BAD_SAMPLE[case]
+    args = [a.format(missing=tmp_path / "missing", empty_dir=tmp_path / "empty") for a in args]
+    if "--ckpt" not in args:
+        args += ["--ckpt", str(ck)]
+    before = tree_hash(ck)
+    result = run_cli("sample.py", *args)
+    assert_one_line_error(result, *words)
+    assert tree_hash(ck) == before
+
+
+def test_default_corpus_is_downloaded_from_gutenberg(gutenberg_server, wonderland_path, tmp_path):
+    url, put_book, _ = gutenberg_server
+    put_book(11, "The Project Gutenberg eBook of Alice\n\n*** START OF THE PROJECT GUTENBERG EBOOK 11 ***\n"
+             + wonderland_path.read_text(encoding="utf-8")[79:2500]
+             + "\n*** END OF THE PROJECT GUTENBERG EBOOK 11 ***\nlicense text\n")
+    env = {"CHARLM_GUTENBERG_URL": url, "CHARLM_CACHE_DIR": str(tmp_path / "cache")}
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("train.py", *TINY[:-4], "--epochs", "1", cwd=work, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Total Characters: 2422" in result.stdout  # header and footer stripped
+    assert (tmp_path / "cache" / "pg11.txt").is_file()
+    assert (work / "checkpoints" / "best" / "1").is_dir()
+
+
+def test_download_failure_says_to_pass_text(tmp_path):
+    env = {"CHARLM_GUTENBERG_URL": "http://127.0.0.1:9", "CHARLM_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("train.py", "--epochs", "1", cwd=tmp_path, env=env)
+    assert_one_line_error(result, "could not download Project Gutenberg book 11", "--text FILE")
+    assert not (tmp_path / "checkpoints").exists()
