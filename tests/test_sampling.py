@@ -1,5 +1,3 @@
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,20 +7,23 @@ from charlm.config import make_run_config
 from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, init_params
+from charlm.checkpoint import restore
+from charlm.trainer import train
 from charlm.sampling import generate, generate_stateful, generate_window, sample_next
 
 TEXT = "alice was beginning to get very tired of sitting by her sister on the bank. " * 3
 
 
 @pytest.fixture(scope="module")
-def model():
-    vocab = Vocab.from_text(TEXT)
-    cfg = make_run_config(hidden=24, layers=2, seq_length=12)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab.size))
-    params = init_params(cfg.model, jax.random.key(0))
-    # Larger random weights so argmax choices are not all the same char.
-    params = jax.tree.map(lambda p: p * 3.0, params)
-    return params, cfg, vocab
+def model(tmp_path_factory):
+    """A briefly trained 2-layer model, so that what it predicts depends on the context."""
+    cfg = make_run_config(hidden=24, layers=2, seq_length=12, batch_size=32, epochs=10, learning_rate=1e-2,
+                          input_encoding="onehot", dropout=0.0)
+    run_dir = tmp_path_factory.mktemp("run")
+    train(TEXT, cfg, run_dir, log=lambda s: None, progress=False)
+    state, cfg, vocab, _ = restore(run_dir)
+    assert len(set(generate(state.params, cfg, vocab, "alice", length=60)[0])) > 3, "model output too uniform"
+    return state.params, cfg, vocab
 
 
 def test_sample_next_argmax_temperature_and_top_k():
@@ -70,12 +71,21 @@ def test_window_mode_forgets_beyond_seq_length(model):
     np.testing.assert_array_equal(a, b)
 
 
-def test_window_mode_with_a_short_prime_equals_running_just_the_prime(model):
+def test_window_mode_matches_the_tutorials_loop(model):
+    """The tutorial's generator, written as a Python loop: each char is the argmax of a zero-state
+    run over the last seq_length chars (fewer while a short prime has not filled the window)."""
     params, cfg, vocab = model
-    prime = jnp.asarray(vocab.encode("alice")[None])
-    ids = generate_window(params, cfg.model, prime, jax.random.key(0), length=1, seq_length=cfg.data.seq_length)
-    logits, _ = CharLSTM(cfg.model).apply({"params": params}, prime, last_only=True)
-    assert int(ids[0, 0]) == int(jnp.argmax(logits[0]))
+    L = cfg.data.seq_length
+    context = list(vocab.encode("alice"))
+    expected = []
+    for _ in range(2 * L):
+        window = jnp.asarray(np.asarray(context[-L:], np.int32)[None])
+        logits, _ = CharLSTM(cfg.model).apply({"params": params}, window, last_only=True)
+        expected.append(int(jnp.argmax(logits[0])))
+        context.append(expected[-1])
+    ids = generate_window(params, cfg.model, jnp.asarray(vocab.encode("alice")[None]), jax.random.key(0),
+                          length=2 * L, seq_length=L)
+    assert np.asarray(ids)[0].tolist() == expected
 
 
 def test_generate_lengths_samples_and_reproducibility(model):
