@@ -8,16 +8,37 @@ Every step of train.py and sample.py is a plain function here:
     result = charlm.train(raw, cfg, "checkpoints")
     state, cfg, vocab, meta = charlm.restore("checkpoints")
     print(charlm.generate(state.params, cfg, vocab, meta["seeds"][0], length=200)[0])
+
+Names are imported from their modules on first use, so `import charlm` is instant and
+`python -m charlm.evaluate` runs without the package importing that module first.
 """
 
-from charlm.config import DataConfig, ModelConfig, PRESETS, RunConfig, TrainConfig, make_run_config
-from charlm.errors import CharlmError
-from charlm.corpus import clean_text, download_gutenberg, read_text, resolve_corpus, strip_gutenberg
-from charlm.data import Vocab, gather_batch, shuffled, window_starts
-from charlm.model import CharLSTM, init_params, zero_carry
-from charlm.training import TrainState, create_train_state, eval_step, train_step
-from charlm.checkpoint import BestCheckpoint, read_meta, restore
-from charlm.trainer import Corpus, TrainResult, prepare_corpus, train
-from charlm.sampling import generate, generate_stateful, generate_window, sample_next
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "config": ["DataConfig", "ModelConfig", "PRESETS", "RunConfig", "TrainConfig", "make_run_config"],
+    "errors": ["CharlmError"],
+    "corpus": ["clean_text", "download_gutenberg", "read_text", "resolve_corpus", "strip_gutenberg"],
+    "data": ["Vocab", "gather_batch", "sentence_windows", "shuffled", "split_point", "stream_starts",
+             "window_starts"],
+    "model": ["CharLSTM", "init_params", "zero_carry"],
+    "training": ["TrainState", "create_train_state", "eval_step", "stateful_train_step", "train_step"],
+    "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
+    "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "last_window_nll", "stream_nll"],
+    "trainer": ["Corpus", "TrainResult", "prepare_corpus", "train"],
+    "sampling": ["generate", "generate_stateful", "generate_window", "sample_next"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"charlm.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'charlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from charlm.config import DEFAULT_PRESET, INPUT_ENCODINGS, PRESETS, make_run_config
+from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES, PRESETS, WINDOWINGS,
+                           make_run_config)
 from charlm.errors import CharlmError
 
 EXIT_BAD_INPUT = 2
@@ -43,23 +44,52 @@ def train_parser() -> argparse.ArgumentParser:
                      help="keep case (default: lowercase, as the tutorial)")
     src.add_argument("--no-strip", dest="strip", action="store_false", default=None,
                      help="use the text exactly as given (default: drop a Gutenberg header/footer)")
-    src.add_argument("--seq-length", type=int, help=f"chars per window {_preset_default('data', 'seq_length')}")
-    src.add_argument("--stride", type=int, help=f"step between window starts {_preset_default('data', 'stride')}")
+    src.add_argument("--strip-punctuation", action="store_true", default=None,
+                     help="remove punctuation from the text (tutorial extension 2; default: keep it)")
+    src.add_argument("--val-frac", type=float, help=f"hold out this contiguous tail of the text for validation; "
+                     f"the best checkpoint is then chosen by val loss {_preset_default('data', 'val_frac')}")
+    win = p.add_argument_group("windows and objective")
+    win.add_argument("--seq-length", type=int, help=f"chars per window {_preset_default('data', 'seq_length')}")
+    win.add_argument("--stride", type=int,
+                     help="step between window starts (default: 1 for --objective last, seq_length for all)")
+    win.add_argument("--objective", choices=OBJECTIVES,
+                     help=f"last: score the char after each window (tutorial); all: the next char at every "
+                          f"position (dense targets) {_preset_default('data', 'objective')}")
+    win.add_argument("--stateful", action="store_true", default=None,
+                     help="train on batch-size contiguous streams, carrying the LSTM state from batch to batch "
+                          "(tutorial extension 10; needs --objective all; default: off)")
+    win.add_argument("--windowing", choices=WINDOWINGS,
+                     help=f"sliding windows, or one padded sentence per window (tutorial extension 4; needs "
+                          f"--objective all) {_preset_default('data', 'windowing')}")
     net = p.add_argument_group("model")
     net.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                      help="seed-small: the tutorial's 1x256 net, batch 128, 20 epochs; seed-big: its 2x256 net, "
-                          "batch 64, 50 epochs. Explicit flags override it (default: %(default)s)")
+                          "batch 64, 50 epochs; fast: the best held-out loss in 15 CPU minutes (BENCHMARKS.md). "
+                          "Explicit flags override it (default: %(default)s)")
     net.add_argument("--layers", type=int, help=f"stacked LSTM layers {_preset_default('model', 'layers')}")
     net.add_argument("--hidden", type=int, help=f"LSTM units per layer {_preset_default('model', 'hidden')}")
     net.add_argument("--dropout", type=float, help=f"dropout after each LSTM layer {_preset_default('model', 'dropout')}")
     net.add_argument("--input-encoding", choices=INPUT_ENCODINGS,
                      help=f"scaled: id/vocab as one float (tutorial); onehot; embed {_preset_default('model', 'input_encoding')}")
     net.add_argument("--embed-dim", type=int, help=f"embedding width for --input-encoding embed {_preset_default('model', 'embed_dim')}")
+    net.add_argument("--cell", choices=CELLS, help=f"recurrent cell {_preset_default('model', 'cell')}")
+    net.add_argument("--input-dropout", type=float,
+                     help=f"dropout on the inputs (tutorial extension 6) {_preset_default('model', 'input_dropout')}")
     opt = p.add_argument_group("training")
     opt.add_argument("--epochs", type=int, help=f"passes over the windows {_preset_default('train', 'epochs')}")
     opt.add_argument("--batch-size", type=int, help=f"windows per step {_preset_default('train', 'batch_size')}")
     opt.add_argument("--lr", dest="learning_rate", type=float,
                      help=f"Adam learning rate {_preset_default('train', 'learning_rate')}")
+    opt.add_argument("--clip-norm", type=float, help="clip gradients to this global norm (default: no clipping)")
+    opt.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                     help=f"cosine decays to 0 at the last epoch; exponential to --lr-decay x lr "
+                          f"{_preset_default('train', 'lr_schedule')}")
+    opt.add_argument("--warmup-steps", type=int, help=f"linear lr warm-up steps {_preset_default('train', 'warmup_steps')}")
+    opt.add_argument("--lr-decay", type=float,
+                     help=f"final lr factor of the exponential schedule {_preset_default('train', 'lr_decay')}")
+    opt.add_argument("--max-time", type=float, metavar="MINUTES",
+                     help="stop cleanly after this many minutes of training, with a final val pass and the "
+                          "usual best-checkpoint logic (default: no limit)")
     opt.add_argument("--seed", type=int, help=f"seed for init, dropout and shuffling {_preset_default('train', 'seed')}")
     opt.add_argument("--ckpt-dir", default="checkpoints", help="where the best checkpoint goes (default: %(default)s)")
     opt.add_argument("--resume", action="store_true", help="continue from the best checkpoint in --ckpt-dir")
@@ -128,6 +158,48 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     return _guarded("sample.py", run)
 
 
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m charlm.evaluate", description="Score a text with a checkpoint: nats/char, "
+                "bits/char and perplexity, each char predicted from its preceding context.")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
+    p.add_argument("--text", metavar="FILE", help="UTF-8 text to score, cleaned as in training "
+                   "(default: the checkpoint's training text, if that file is still there)")
+    p.add_argument("--val-frac", type=float, default=0.0,
+                   help="score only this contiguous tail, after warming up on the text before it "
+                        "(default: %(default)s, the whole text)")
+    p.add_argument("--metric", choices=("stream", "last-window"), default="stream",
+                   help="stream: state carried through the text; last-window: the tutorial's metric, the char "
+                        "after each seq_length window from a zero state (default: %(default)s)")
+    p.add_argument("--dynamic", action="store_true", help="also report dynamic evaluation (stream metric only)")
+    p.add_argument("--dynamic-lr", type=float, help="SGD step of dynamic evaluation (default: tuned, see BENCHMARKS.md)")
+    p.add_argument("--dynamic-segment", type=int, help="chars per dynamic-evaluation update (default: tuned)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    args = evaluate_parser().parse_args(argv)
+
+    def run() -> None:
+        import json
+
+        from charlm.evaluate import evaluate_checkpoint
+
+        report = evaluate_checkpoint(args.ckpt, args.text, val_frac=args.val_frac, metric=args.metric,
+                                     dynamic=args.dynamic, dynamic_lr=args.dynamic_lr,
+                                     dynamic_segment=args.dynamic_segment)
+        if args.json:
+            print(json.dumps(report))
+            return
+        print(f"Text: {report['text']} ({report['scored']})")
+        rows = [("static", report)] + ([("dynamic", report["dynamic"])] if "dynamic" in report else [])
+        for name, r in rows:
+            print(f"{name:8s} {report['metric']:12s} {r['nats_per_char']:.4f} nats/char  "
+                  f"{r['bits_per_char']:.4f} bits/char  perplexity {r['perplexity']:.3f}  over {r['chars']} chars")
+
+    return _guarded("charlm.evaluate", run)
+
+
 def _guarded(prog: str, run: Callable[[], None]) -> int:
     """Runs a CLI body, turning bad input into one stderr line and an exit code."""
     for stream in (sys.stdout, sys.stderr):  # UTF-8 output whatever the terminal's locale
@@ -150,3 +222,7 @@ def train_entry() -> None:
 
 def sample_entry() -> None:
     sys.exit(sample_main())
+
+
+def evaluate_entry() -> None:
+    sys.exit(evaluate_main())

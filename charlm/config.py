@@ -14,6 +14,10 @@ from typing import Any, Mapping, TypeVar
 from charlm.errors import CharlmError
 
 INPUT_ENCODINGS = ("scaled", "onehot", "embed")
+CELLS = ("lstm", "gru")
+OBJECTIVES = ("last", "all")
+WINDOWINGS = ("sliding", "sentences")
+LR_SCHEDULES = ("constant", "cosine", "exponential")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -41,6 +45,8 @@ class ModelConfig:
     dropout: float = 0.2            # dropout after each LSTM layer (tutorial: 0.2)
     input_encoding: str = "scaled"  # scaled: id / vocab as one float (tutorial); onehot; embed
     embed_dim: int = 64             # embedding width, only for input_encoding="embed"
+    cell: str = "lstm"              # lstm (the tutorial) or gru (as in char-rnn)
+    input_dropout: float = 0.0      # dropout on the input features (tutorial extension 6)
 
     def __post_init__(self):
         _require(isinstance(self.vocab_size, int) and self.vocab_size >= 0,
@@ -49,6 +55,8 @@ class ModelConfig:
         _positive_int("layers", self.layers)
         _positive_int("embed_dim", self.embed_dim)
         _probability("dropout", self.dropout)
+        _probability("input_dropout", self.input_dropout)
+        _require(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
         _require(self.input_encoding in INPUT_ENCODINGS,
                  f"input encoding must be one of {', '.join(INPUT_ENCODINGS)}; got {self.input_encoding!r}")
 
@@ -57,14 +65,36 @@ class ModelConfig:
 class DataConfig:
     """How the text becomes training windows."""
 
-    seq_length: int = 100    # chars per input window (tutorial: 100)
-    stride: int = 1          # step between window starts (tutorial: 1, every position)
-    lowercase: bool = True   # lowercase the text first, as the tutorial does
-    strip: bool = True       # drop a Project Gutenberg header/footer when the markers are present
+    seq_length: int = 100            # chars per input window (tutorial: 100)
+    stride: int | None = None        # step between window starts; None: 1 for objective last (the
+                                     # tutorial), seq_length for objective all (no overlap)
+    lowercase: bool = True           # lowercase the text first, as the tutorial does
+    strip: bool = True               # drop a Project Gutenberg header/footer when the markers are present
+    strip_punctuation: bool = False  # remove punctuation chars (tutorial extension 2)
+    objective: str = "last"          # last: score the char after each window (tutorial); all: every position
+    stateful: bool = False           # B contiguous streams, LSTM state carried from batch to batch
+    windowing: str = "sliding"       # sliding windows, or one sentence per window (tutorial extension 4)
+    val_frac: float = 0.0            # hold out this contiguous tail of the text for validation
 
     def __post_init__(self):
         _positive_int("seq_length", self.seq_length)
-        _positive_int("stride", self.stride)
+        if self.stride is not None:
+            _positive_int("stride", self.stride)
+        _require(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        _require(self.windowing in WINDOWINGS, f"windowing must be one of {', '.join(WINDOWINGS)}; got {self.windowing!r}")
+        _probability("val_frac", self.val_frac)
+        _require(not (self.stateful and self.objective != "all"),
+                 "stateful training streams need the dense objective (--objective all)")
+        _require(not (self.windowing == "sentences" and self.objective != "all"),
+                 "sentence windows need the dense objective (--objective all): padding has no next char")
+        _require(not (self.windowing == "sentences" and self.stateful),
+                 "sentence windows start from a zero state; they cannot be combined with --stateful")
+
+    @property
+    def window_stride(self) -> int:
+        if self.stride is not None:
+            return self.stride
+        return self.seq_length if self.objective == "all" else 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,11 @@ class TrainConfig:
     batch_size: int = 128         # windows per Adam step (tutorial small net: 128)
     learning_rate: float = 1e-3   # Adam step size (Keras default)
     seed: int = 0                 # fixes init, dropout and the shuffling order
+    clip_norm: float | None = None  # clip gradients to this global norm (None: no clipping)
+    lr_schedule: str = "constant"   # constant, cosine (decay to 0 at the last epoch) or exponential
+    warmup_steps: int = 0         # linear warm-up from 0 to learning_rate over these steps
+    lr_decay: float = 0.1         # exponential schedule: the lr factor reached at the last epoch
+    max_time: float | None = None   # stop cleanly after this many minutes of training
 
     def __post_init__(self):
         _positive_int("epochs", self.epochs)
@@ -83,6 +118,16 @@ class TrainConfig:
                  f"learning_rate must be positive, got {self.learning_rate!r}")
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool),
                  f"seed must be an integer, got {self.seed!r}")
+        _require(self.clip_norm is None or (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0),
+                 f"clip_norm must be positive, got {self.clip_norm!r}")
+        _require(self.lr_schedule in LR_SCHEDULES,
+                 f"lr schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+        _require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+                 f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        _require(isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1,
+                 f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        _require(self.max_time is None or (isinstance(self.max_time, (int, float)) and self.max_time > 0),
+                 f"max_time must be a positive number of minutes, got {self.max_time!r}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +166,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "train": {"batch_size": 128, "epochs": 20}},
     "seed-big": {"model": {"hidden": 256, "layers": 2, "dropout": 0.2, "input_encoding": "scaled"},
                  "train": {"batch_size": 64, "epochs": 50}},
+    # Chosen by experiment (BENCHMARKS.md): the lowest held-out loss on Alice in 15 minutes on a 2-core CPU.
+    "fast": {"model": {"hidden": 512, "layers": 1, "dropout": 0.3, "input_encoding": "embed"},
+             "data": {"objective": "all", "stateful": True, "seq_length": 100, "val_frac": 0.1},
+             "train": {"batch_size": 32, "epochs": 60, "learning_rate": 2e-3, "clip_norm": 5.0,
+                       "lr_schedule": "cosine", "warmup_steps": 100, "max_time": 15.0}},
 }
 DEFAULT_PRESET = "seed-small"
 

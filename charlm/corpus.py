@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -67,11 +68,18 @@ def strip_gutenberg(text: str) -> str:
     return text
 
 
-def clean_text(text: str, *, lowercase: bool = True, strip: bool = True) -> str:
+def remove_punctuation(text: str) -> str:
+    """Drops every Unicode punctuation char (categories P*), as tutorial extension 2 suggests."""
+    return "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+
+
+def clean_text(text: str, *, lowercase: bool = True, strip: bool = True, strip_punctuation: bool = False) -> str:
     """The tutorial's preprocessing: LF newlines, no Gutenberg boilerplate, lowercase."""
     text = normalize_newlines(text)
     if strip:
         text = strip_gutenberg(text)
+    if strip_punctuation:
+        text = remove_punctuation(text)
     return text.lower() if lowercase else text
 
 

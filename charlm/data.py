@@ -8,6 +8,7 @@ tutorial's O(patterns x seq_length) list of windows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from typing import Iterator
 
 import numpy as np
@@ -79,29 +80,72 @@ def batch_starts(starts: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield starts[i:i + batch_size]
 
 
-def gather_batch(tokens: np.ndarray, starts: np.ndarray, seq_length: int, batch_size: int | None = None) -> dict:
+def gather_batch(tokens: np.ndarray, starts: np.ndarray, seq_length: int, batch_size: int | None = None,
+                 lengths: np.ndarray | None = None) -> dict:
     """Builds one batch from window starts.
 
     Returns a dict with
       inputs  [B, T] int32: tokens[s : s+T]
-      targets [B, T] int32: tokens[s+1 : s+T+1] (the next char at every position; the
+      targets [B, T] int32: tokens[s+1 : s+T+1], the next char at every position (the
                             tutorial's objective uses only the last column)
-      weights [B] float32:  1 for real windows, 0 for padding rows.
+      weights [B, T] float32: 1 where the target is real, 0 for padding.
     With `batch_size`, a short final batch is padded to that size with zero-weight rows, so
-    every step has the same shape and the jitted step compiles once.
+    every step has the same shape and the jitted step compiles once. With `lengths`
+    (sentence windows), window i holds only lengths[i] tokens (inputs and final target);
+    positions past that are padding.
     """
     n = len(starts)
-    B = n if batch_size is None else batch_size
+    B, T = (n if batch_size is None else batch_size), seq_length
     if n > B:
         raise ValueError(f"{n} starts do not fit a batch of {B}")
     padded = np.zeros(B, dtype=np.int64)
     padded[:n] = starts
-    idx = padded[:, None] + np.arange(seq_length + 1)
-    window = tokens[idx]
-    weights = np.zeros(B, dtype=np.float32)
-    weights[:n] = 1.0
+    idx = padded[:, None] + np.arange(T + 1)
+    valid = np.zeros((B, T + 1), dtype=bool)
+    valid[:n] = True
+    if lengths is not None:
+        valid[:n] &= np.arange(T + 1) < np.asarray(lengths)[:, None]
+    window = np.where(valid, tokens[np.minimum(idx, len(tokens) - 1)], 0)
     return {"inputs": window[:, :-1].astype(np.int32), "targets": window[:, 1:].astype(np.int32),
-            "weights": weights}
+            "weights": valid[:, 1:].astype(np.float32)}
+
+
+def split_point(n_tokens: int, val_frac: float) -> int:
+    """Tokens [0, split) train and [split, n) validate: the contiguous tail is held out, because
+    overlapping windows make a random split leak."""
+    return n_tokens if val_frac <= 0 else int(n_tokens * (1.0 - val_frac))
+
+
+def stream_starts(n_tokens: int, batch_size: int, seq_length: int) -> np.ndarray:
+    """Window starts for stateful training: [K, B], row k is batch k.
+
+    The text is cut into B contiguous streams; batch k holds the k-th window of every
+    stream, so the LSTM state after batch k is the right state to start batch k+1 with.
+    """
+    stream_len = (n_tokens - 1) // batch_size
+    K = stream_len // seq_length
+    if K == 0:
+        raise CharlmError(f"text has {n_tokens} chars, too short for {batch_size} streams of one "
+                          f"{seq_length}-char window; use a smaller --batch-size or --seq-length")
+    return np.arange(batch_size)[None, :] * stream_len + np.arange(K)[:, None] * seq_length
+
+
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+")
+
+
+def sentence_windows(text: str, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One window per sentence (tutorial extension 4): (starts, lengths).
+
+    A sentence runs to its end punctuation and the whitespace after it; the window holds
+    the sentence plus the char after it as the final target, truncated to seq_length + 1.
+    """
+    bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(text)]
+    bounds = sorted(set(b for b in bounds if b < len(text) - 1))
+    starts = np.asarray(bounds, dtype=np.int64)
+    ends = np.append(starts[1:], len(text) - 1)
+    lengths = np.minimum(ends - starts + 1, seq_length + 1)
+    keep = lengths >= 2  # at least one input and its target
+    return starts[keep], lengths[keep]
 
 
 def seed_windows(tokens: np.ndarray, seq_length: int, count: int, seed: int) -> list[np.ndarray]:

@@ -4,7 +4,7 @@ One module serves both uses of the same parameters: a forward pass over a whole 
 from a zero (or given) state, and single steps with an explicit carry for the sampler
 (a window of length 1). Softmax lives in the loss and the sampler, not here.
 
-The LSTM layer is the textbook cell (Keras gate order i, f, g, o; forget-gate bias
+The recurrent layer is the textbook LSTM cell (Keras gate order i, f, g, o; forget-gate bias
 initialised to 1 as Keras' `unit_forget_bias`), with the four gates fused into one matmul:
   z_t = x_t W + h_{t-1} U + b;  i, f, g, o = split(z_t)
   c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g);  h_t = sigmoid(o) * tanh(c_t)
@@ -39,40 +39,68 @@ def _forget_bias_init(hidden: int):
     return init
 
 
-class LSTMLayer(nn.Module):
-    """One LSTM layer scanned over time.
+def _lstm_cell(z_Bx4H, c_BxH, h_BxH, hh_Bx4H):
+    i, f, g, o = jnp.split(z_Bx4H + hh_Bx4H, 4, axis=-1)
+    new_c = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return new_c, jax.nn.sigmoid(o) * jnp.tanh(new_c)
+
+
+def _gru_cell(z_Bx3H, c_BxH, h_BxH, hh_Bx3H):
+    """GRU as in char-rnn / cuDNN: the reset gate scales the recurrent part of the candidate."""
+    xr, xu, xn = jnp.split(z_Bx3H, 3, axis=-1)
+    hr, hu, hn = jnp.split(hh_Bx3H, 3, axis=-1)
+    r, u = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xu + hu)
+    new_h = (1 - u) * jnp.tanh(xn + r * hn) + u * h_BxH
+    return new_h, new_h  # a GRU has no cell state; the carry's c slot mirrors h
+
+
+CELLS = {"lstm": (4, _lstm_cell), "gru": (3, _gru_cell)}
+
+
+class RecurrentLayer(nn.Module):
+    """One LSTM (or GRU) layer scanned over time.
 
     Attributes:
       hidden: units H.
+      cell: "lstm" or "gru".
       lookup: the inputs are int ids and x_t W is the row W[id] (one-hot input, without
         building the one-hot vectors); otherwise they are float features [T, B, D].
     """
 
     hidden: int
+    cell: str = "lstm"
     lookup: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_TxB_, carry, mask_TxB=None, *, in_features: int):
+    def __call__(self, x_TxB_, carry, mask_TxB=None, scale_TxB=None, *, in_features: int):
+        """Runs the layer; `scale_TxB` multiplies each step's input projection (input dropout
+        on one-hot ids). Returns (final carry, h [T, B, H])."""
         H = self.hidden
-        W_Dx4H = self.param("input_kernel", nn.initializers.glorot_uniform(), (in_features, 4 * H), self.dtype)
-        U_Hx4H = self.param("recurrent_kernel", nn.initializers.orthogonal(), (H, 4 * H), self.dtype)
-        b_4H = self.param("bias", _forget_bias_init(H), (4 * H,), self.dtype)
+        gates, cell = CELLS[self.cell]
+        bias_init = _forget_bias_init(H) if self.cell == "lstm" else nn.initializers.zeros
+        W_DxGH = self.param("input_kernel", nn.initializers.glorot_uniform(), (in_features, gates * H), self.dtype)
+        U_HxGH = self.param("recurrent_kernel", nn.initializers.orthogonal(), (H, gates * H), self.dtype)
+        b_GH = self.param("bias", bias_init, (gates * H,), self.dtype)
+        if self.cell == "gru":  # the recurrent bias sits inside r * (h U + b_h), so it is separate
+            bh_GH = self.param("recurrent_bias", nn.initializers.zeros, (gates * H,), self.dtype)
 
         def step(carry, inputs):
             c_BxH, h_BxH = carry
-            x_B_, m_B = inputs
-            xw_Bx4H = W_Dx4H[x_B_] if self.lookup else x_B_ @ W_Dx4H
-            z = xw_Bx4H + h_BxH @ U_Hx4H + b_4H[None, :]
-            i, f, g, o = jnp.split(z, 4, axis=-1)
-            new_c = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-            new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
+            x_B_, m_B, s_B = inputs
+            xw_BxGH = W_DxGH[x_B_] if self.lookup else x_B_ @ W_DxGH
+            if s_B is not None:
+                xw_BxGH = xw_BxGH * s_B[:, None]
+            hh_BxGH = h_BxH @ U_HxGH
+            if self.cell == "gru":
+                hh_BxGH = hh_BxGH + bh_GH[None, :]
+            new_c, new_h = cell(xw_BxGH + b_GH[None, :], c_BxH, h_BxH, hh_BxGH)
             if m_B is not None:  # masked steps leave the state as it was
                 keep = m_B[:, None]
                 new_c, new_h = jnp.where(keep, new_c, c_BxH), jnp.where(keep, new_h, h_BxH)
             return (new_c, new_h), new_h
 
-        return jax.lax.scan(step, carry, (x_TxB_, mask_TxB))
+        return jax.lax.scan(step, carry, (x_TxB_, mask_TxB, scale_TxB))
 
 
 class CharLSTM(nn.Module):
@@ -115,10 +143,19 @@ class CharLSTM(nn.Module):
             embed = nn.Embed(V, cfg.embed_dim, dtype=self.dtype, param_dtype=self.dtype, name="embed")
             x, features, lookup = embed(ids_TxB), cfg.embed_dim, False
 
+        scale_TxB = None
+        if cfg.input_dropout > 0 and not deterministic:  # tutorial extension 6: dropout on the inputs
+            if lookup:  # dropping a one-hot vector = zeroing (and rescaling) its row of x W
+                keep_TxB = jax.random.bernoulli(self.make_rng("dropout"), 1 - cfg.input_dropout, ids_TxB.shape)
+                scale_TxB = keep_TxB.astype(self.dtype) / (1 - cfg.input_dropout)
+            else:
+                x = nn.Dropout(cfg.input_dropout, deterministic=False, name="input_dropout")(x)
+
         new_carry = []
         for layer in range(cfg.layers):
-            lstm = LSTMLayer(H, lookup=lookup and layer == 0, dtype=self.dtype, name=f"lstm_{layer}")
-            layer_carry, x = lstm(x, carry[layer], mask_TxB, in_features=features if layer == 0 else H)
+            rnn = RecurrentLayer(H, cfg.cell, lookup=lookup and layer == 0, dtype=self.dtype, name=f"{cfg.cell}_{layer}")
+            layer_carry, x = rnn(x, carry[layer], mask_TxB, scale_TxB if layer == 0 else None,
+                                 in_features=features if layer == 0 else H)
             new_carry.append(layer_carry)
             if last_only and layer == cfg.layers - 1:
                 x = x[-1]

@@ -1,4 +1,4 @@
-"""The epoch loop: clean and encode the text, shuffle windows, step, report, keep the best.
+"""The epoch loop: clean and encode the text, split off validation, step, report, keep the best.
 
 `train(raw_text, cfg, run_dir)` is what `train.py` calls and what a notebook calls.
 Metrics are pulled from the device only when shown (every few steps and at epoch end).
@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -23,40 +23,91 @@ from tqdm.auto import tqdm
 from charlm import checkpoint
 from charlm.config import RunConfig
 from charlm.corpus import clean_text, fingerprint
-from charlm.data import (Vocab, batch_starts, check_long_enough, gather_batch, num_windows, seed_windows,
-                         shuffled, window_starts)
+from charlm.data import (Vocab, batch_starts, check_long_enough, gather_batch, seed_windows, sentence_windows,
+                         shuffled, split_point, stream_starts, window_starts)
 from charlm.errors import CharlmError
-from charlm.training import TrainState, create_train_state, train_step
+from charlm.evaluate import VAL_CONTEXT, stream_nll
+from charlm.model import zero_carry
+from charlm.training import TrainState, create_train_state, make_optimizer, stateful_train_step, train_step
 
 NUM_SEEDS = 16          # seed windows stored in each checkpoint for sample.py
 PROGRESS_EVERY = 20     # steps between progress-bar refreshes (each one syncs with the device)
-METRIC = "train loss (last-char)"  # what the tutorial's ModelCheckpoint(monitor='loss') watches
+VAL_METRIC = "val loss (stream, nats/char)"
+
+
+def train_metric(cfg: RunConfig) -> str:
+    """Names the training loss, so no printed number is ambiguous."""
+    return "train loss (last-char)" if cfg.data.objective == "last" else "train loss (all-chars)"
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """The cleaned text, its vocabulary and its ids."""
+    """The cleaned text, its vocabulary, its ids and where validation starts."""
 
     text: str
     vocab: Vocab
     tokens: np.ndarray
+    split: int  # tokens[:split] train, tokens[split:] validate
+
+    @property
+    def train_tokens(self) -> np.ndarray:
+        return self.tokens[:self.split]
+
+    @property
+    def val_tokens(self) -> np.ndarray:
+        return self.tokens[self.split:]
 
 
 def prepare_corpus(raw_text: str, cfg: RunConfig, vocab: Vocab | None = None) -> Corpus:
-    """Cleans the text as `cfg.data` says and encodes it (with `vocab`, if given, else its own)."""
-    text = clean_text(raw_text, lowercase=cfg.data.lowercase, strip=cfg.data.strip)
+    """Cleans the text as `cfg.data` says, encodes it (with `vocab`, if given) and splits off the val tail."""
+    d = cfg.data
+    text = clean_text(raw_text, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
     if not text:
         raise CharlmError("the text is empty after cleaning (was it only a Gutenberg header?)")
     vocab = vocab or Vocab.from_text(text)
     tokens = vocab.encode(text)
-    check_long_enough(len(tokens), cfg.data.seq_length)
-    return Corpus(text, vocab, tokens)
+    split = split_point(len(tokens), d.val_frac)
+    check_long_enough(split, d.seq_length)
+    if d.val_frac > 0 and len(tokens) - split < 2:
+        raise CharlmError(f"--val-frac {d.val_frac} holds out {len(tokens) - split} char(s); need at least 2")
+    return Corpus(text, vocab, tokens, split)
+
+
+def training_windows(corpus: Corpus, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(starts, lengths) of the training windows, all inside the training part of the text.
+
+    For stateful streams, starts is [K, B] (batch k = row k); otherwise a flat array.
+    """
+    d, n = cfg.data, corpus.split
+    if d.stateful:
+        return stream_starts(n, cfg.train.batch_size, d.seq_length), None
+    if d.windowing == "sentences":
+        return sentence_windows(corpus.text[:n], d.seq_length)
+    return window_starts(n, d.seq_length, d.window_stride), None
 
 
 def summary_lines(corpus: Corpus, cfg: RunConfig) -> list[str]:
-    """The tutorial's three summary lines."""
-    return [f"Total Characters: {len(corpus.tokens)}", f"Total Vocab: {corpus.vocab.size}",
-            f"Total Patterns: {num_windows(len(corpus.tokens), cfg.data.seq_length, cfg.data.stride)}"]
+    """The tutorial's three summary lines (plus the split, when there is one)."""
+    starts, _ = training_windows(corpus, cfg)
+    lines = [f"Total Characters: {len(corpus.tokens)}", f"Total Vocab: {corpus.vocab.size}",
+             f"Total Patterns: {starts.size}"]
+    if cfg.data.val_frac > 0:
+        lines.append(f"Train Characters: {corpus.split}, Val Characters: {len(corpus.tokens) - corpus.split} "
+                     f"(the contiguous last {cfg.data.val_frac:.0%})")
+    return lines
+
+
+def epoch_batches(corpus: Corpus, cfg: RunConfig, starts: np.ndarray, lengths: np.ndarray | None,
+                  epoch: int) -> Iterator[dict]:
+    """The batches of one epoch: shuffled windows, or streams in order."""
+    T, B = cfg.data.seq_length, cfg.train.batch_size
+    if cfg.data.stateful:
+        for row in starts:
+            yield gather_batch(corpus.tokens, row, T)
+        return
+    order = shuffled(np.arange(len(starts)), cfg.train.seed, epoch)
+    for idx in batch_starts(order, B):
+        yield gather_batch(corpus.tokens, starts[idx], T, B, None if lengths is None else lengths[idx])
 
 
 @dataclass
@@ -65,6 +116,42 @@ class TrainResult:
     best_loss: float
     history: list[dict]
     best_path: Path | None
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float      # mean train loss over the scored chars
+    steps: int
+    chars: int       # input chars processed
+    stopped: bool    # the time budget ran out before the epoch ended
+
+
+def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropout_rng: jax.Array, steps: int,
+              desc: str, progress: bool | None, deadline: float = math.inf) -> tuple[TrainState, EpochStats]:
+    """One pass over `batches`, stopping early after the step that crosses `deadline`."""
+    objective = cfg.data.objective
+    carry = zero_carry(cfg.model, cfg.train.batch_size) if cfg.data.stateful else None
+    t0 = time.perf_counter()
+    total, count, chars = jnp.zeros(()), jnp.zeros(()), 0
+    bar = tqdm(total=steps, desc=desc, unit="step", file=sys.stderr, leave=False,
+               disable=None if progress is None else not progress)
+    stopped, i = False, -1
+    for i, batch in enumerate(batches):
+        if cfg.data.stateful:
+            state, metrics, carry = stateful_train_step(state, batch, dropout_rng, carry, objective=objective)
+        else:
+            state, metrics = train_step(state, batch, dropout_rng, objective=objective)
+        # Accumulate on the device; pulling a value would sync every step.
+        total, count = total + metrics["loss"] * metrics["count"], count + metrics["count"]
+        chars += batch["inputs"].size
+        bar.update(1)
+        if (i + 1) % PROGRESS_EVERY == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{float(total / count):.4f}", chars_s=f"{chars / (time.perf_counter() - t0):,.0f}")
+        if time.monotonic() >= deadline:
+            stopped = True
+            break
+    bar.close()
+    return state, EpochStats(float(total / jnp.maximum(count, 1.0)), i + 1, chars, stopped)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -77,7 +164,7 @@ def _check_writable(run_dir: Path) -> None:
         raise CharlmError(f"checkpoint directory {run_dir} is not writable: {e.strerror}") from None
 
 
-def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus):
+def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, total_steps: int):
     """Checks a --resume against the checkpoint in run_dir; returns (state, epoch, best loss)."""
     meta = checkpoint.read_meta(run_dir)
     saved_cfg, saved_vocab = checkpoint.config_from_meta(meta)
@@ -94,27 +181,8 @@ def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus):
         raise CharlmError(f"checkpoint in {run_dir} already has {meta['epoch']} epochs; "
                           f"pass --epochs greater than that to train on")
     state, _, _, _ = checkpoint.restore(run_dir)
-    return state, meta["epoch"], float(meta["loss"])
-
-
-def run_epoch(state: TrainState, tokens: np.ndarray, starts: np.ndarray, cfg: RunConfig, dropout_rng: jax.Array,
-              desc: str, progress: bool | None) -> tuple[TrainState, float]:
-    """One pass over `starts` (already shuffled). Returns the new state and the mean train loss."""
-    T, B = cfg.data.seq_length, cfg.train.batch_size
-    t0 = time.perf_counter()
-    total, count = jnp.zeros(()), jnp.zeros(())
-    bar = tqdm(total=math.ceil(len(starts) / B), desc=desc, unit="step", file=sys.stderr, leave=False,
-               disable=None if progress is None else not progress)
-    for i, batch_idx in enumerate(batch_starts(starts, B)):
-        state, metrics = train_step(state, gather_batch(tokens, batch_idx, T, B), dropout_rng)
-        # Accumulate on the device; pulling a value would sync every step.
-        total, count = total + metrics["loss"] * metrics["count"], count + metrics["count"]
-        bar.update(1)
-        if (i + 1) % PROGRESS_EVERY == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{float(total / count):.4f}",
-                            chars_s=f"{(i + 1) * B * T / (time.perf_counter() - t0):,.0f}")
-    bar.close()
-    return state, float(total / count)
+    # The optimizer state's structure is the same; the lr schedule's horizon is this run's.
+    return state.replace(tx=make_optimizer(cfg, total_steps)), meta["epoch"], float(meta["loss"])
 
 
 def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
@@ -129,60 +197,85 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
       source: a description of where the text came from, stored in the checkpoint.
       log: where the per-epoch lines go.
       progress: show a tqdm bar (None: only when stderr is a terminal).
+    The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
+    else the lowest train loss (the tutorial's monitor='loss').
     """
     corpus = prepare_corpus(raw_text, cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.vocab.size))
     for line in summary_lines(corpus, cfg):
         log(line)
+    starts, lengths = training_windows(corpus, cfg)
+    T, B = cfg.data.seq_length, cfg.train.batch_size
+    steps_per_epoch = len(starts) if cfg.data.stateful else math.ceil(len(starts) / B)
+    total_steps = steps_per_epoch * cfg.train.epochs
 
     run_dir = Path(run_dir)
     existing = checkpoint.latest_step(run_dir) if run_dir.exists() else None
     if resume:
         if existing is None:
             raise CharlmError(f"nothing to resume: {run_dir} holds no charlm checkpoint")
-        state, start_epoch, best_loss = _resume_point(run_dir, cfg, corpus)
+        state, start_epoch, best_loss = _resume_point(run_dir, cfg, corpus, total_steps)
         log(f"Resuming from epoch {start_epoch} (loss {best_loss:.5f})")
     else:
         if existing is not None:
             raise CharlmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
                               f"or choose another --ckpt-dir")
         init_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 0)
-        state, start_epoch, best_loss = create_train_state(cfg, init_rng), 0, math.inf
+        state, start_epoch, best_loss = create_train_state(cfg, init_rng, total_steps), 0, math.inf
     _check_writable(run_dir)
     dropout_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
 
-    meta = {"config": cfg.to_dict(), "vocab": corpus.vocab.chars, "metric": METRIC,
+    has_val = cfg.data.val_frac > 0
+    monitor = VAL_METRIC if has_val else train_metric(cfg)
+    keras_name = "val_loss" if has_val else "loss"  # as in the tutorial's ModelCheckpoint lines
+    meta = {"config": cfg.to_dict(), "vocab": corpus.vocab.chars, "metric": monitor,
             "seeds": [corpus.vocab.decode(w) for w in
-                      seed_windows(corpus.tokens, cfg.data.seq_length, NUM_SEEDS, cfg.train.seed)],
-            "corpus": {"source": source, "chars": len(corpus.tokens), "fingerprint": fingerprint(corpus.text)}}
-    starts = window_starts(len(corpus.tokens), cfg.data.seq_length, cfg.data.stride)
-    T, B = cfg.data.seq_length, cfg.train.batch_size
-    steps_per_epoch = math.ceil(len(starts) / B)
-    log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} LSTM on "
-        f"{jax.devices()[0].platform.upper()}: {steps_per_epoch} steps/epoch of {B} windows")
+                      seed_windows(corpus.train_tokens, T, NUM_SEEDS, cfg.train.seed)],
+            "corpus": {"source": source, "chars": len(corpus.tokens), "split": corpus.split,
+                       "fingerprint": fingerprint(corpus.text)}}
+    log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
+        f"{jax.devices()[0].platform.upper()}: {steps_per_epoch} steps/epoch of {B} "
+        f"{'streams' if cfg.data.stateful else 'windows'} x {T} chars, objective {cfg.data.objective}")
 
     history: list[dict] = []
     best_path = None
+    started = time.monotonic()
+    deadline = started + 60 * cfg.train.max_time if cfg.train.max_time else math.inf
     with checkpoint.BestCheckpoint(run_dir) as best:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
             t0 = time.perf_counter()
-            state, loss = run_epoch(state, corpus.tokens, shuffled(starts, cfg.train.seed, epoch), cfg, dropout_rng,
-                                    f"Epoch {epoch}/{cfg.train.epochs}", progress)
+            state, stats = run_epoch(
+                state, epoch_batches(corpus, cfg, starts, lengths, epoch), cfg, dropout_rng, steps_per_epoch,
+                f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline)
             seconds = time.perf_counter() - t0
-            record = {"epoch": epoch, "train_loss": loss, "seconds": seconds,
-                      "chars_per_s": len(starts) * T / seconds, "step": int(state.step)}
+            loss = stats.loss
+            record = {"epoch": epoch, "step": int(state.step), "train_loss": loss, "seconds": seconds,
+                      "elapsed": time.monotonic() - started, "chars_per_s": stats.chars / seconds}
+            line = (f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {1000 * seconds / max(stats.steps, 1):.0f}ms/step"
+                    f" - {record['chars_per_s']:,.0f} chars/s - {train_metric(cfg)}: {loss:.4f}")
+            if has_val:
+                val_nll = stream_nll(state.params, cfg.model, corpus.val_tokens,
+                                     context=corpus.train_tokens[-VAL_CONTEXT:])
+                record["val_loss"] = float(np.mean(val_nll))
+                record["val_bits_per_char"] = record["val_loss"] / math.log(2)
+                line += f" - {VAL_METRIC}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
             history.append(record)
-            log(f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {1000 * seconds / steps_per_epoch:.0f}ms/step"
-                f" - {METRIC}: {loss:.4f} - {record['chars_per_s']:,.0f} chars/s")
-            if not math.isfinite(loss):
-                raise CharlmError(f"training diverged at epoch {epoch} (loss {loss}); the best checkpoint "
-                                  f"is kept; try a lower --lr")
-            if loss < best_loss:
-                best_path = best.save(epoch, state, meta, loss)
-                log(f"Epoch {epoch:05d}: loss improved from {best_loss:.5f} to {loss:.5f}, saving model to {best_path}")
-                best_loss = loss
+            log(line)
+            monitored = record["val_loss"] if has_val else loss
+            if not math.isfinite(monitored):
+                raise CharlmError(f"training diverged at epoch {epoch} ({monitor} {monitored}); the best checkpoint "
+                                  f"is kept; try a lower --lr or --clip-norm")
+            if monitored < best_loss:
+                best_path = best.save(epoch, state, meta, monitored)
+                log(f"Epoch {epoch:05d}: {keras_name} improved from {best_loss:.5f} to {monitored:.5f}, "
+                    f"saving model to {best_path}")
+                best_loss = monitored
             else:
-                log(f"Epoch {epoch:05d}: loss did not improve from {best_loss:.5f}")
+                log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if stats.stopped:
+                log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch} "
+                    f"(after {int(state.step)} steps); stopping.")
+                break
     return TrainResult(state, best_loss, history, best_path)

@@ -1,7 +1,9 @@
-"""Train state, loss and the jitted Adam train/eval steps. No I/O, no loop.
+"""Train state, optimizer, loss and the jitted train/eval steps. No I/O, no loop.
 
 `train_step(state, batch, rng) -> (state, metrics)` is pure: the dropout key is
 `fold_in(rng, state.step)`, so a run is a function of (seed, data order) alone.
+`stateful_train_step` is the same step for training streams: it also takes the LSTM state
+left by the previous batch and returns the new one (truncated backprop through time).
 """
 
 from __future__ import annotations
@@ -14,47 +16,91 @@ import optax
 from flax.training import train_state
 
 from charlm.config import RunConfig
-from charlm.model import CharLSTM, init_params
-
+from charlm.model import CharLSTM, Carry, init_params
 
 # Flax's TrainState: step, params, opt_state (pytree leaves) plus apply_fn and tx (static).
 TrainState = train_state.TrainState
 
 
-def make_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
-    return optax.adam(cfg.train.learning_rate)
+def learning_rate_schedule(cfg: RunConfig, total_steps: int) -> optax.Schedule:
+    """The lr at each step: optional linear warm-up, then constant, cosine or exponential decay."""
+    lr, warmup = cfg.train.learning_rate, cfg.train.warmup_steps
+    decay_steps = max(1, total_steps - warmup)
+    if cfg.train.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(lr, decay_steps)
+    elif cfg.train.lr_schedule == "exponential":
+        after = optax.exponential_decay(lr, decay_steps, cfg.train.lr_decay)
+    else:
+        after = optax.constant_schedule(lr)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
-def create_train_state(cfg: RunConfig, rng: jax.Array) -> TrainState:
+def make_optimizer(cfg: RunConfig, total_steps: int = 1) -> optax.GradientTransformation:
+    """Adam on the scheduled lr, after optional global-norm clipping."""
+    adam = optax.adam(learning_rate_schedule(cfg, total_steps))
+    if cfg.train.clip_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(cfg.train.clip_norm), adam)
+
+
+def create_train_state(cfg: RunConfig, rng: jax.Array, total_steps: int = 1) -> TrainState:
+    """Fresh params and optimizer state. `total_steps` sets the horizon of decaying lr schedules."""
     model = CharLSTM(cfg.model)
-    return TrainState.create(apply_fn=model.apply, params=init_params(cfg.model, rng), tx=make_optimizer(cfg))
+    return TrainState.create(apply_fn=model.apply, params=init_params(cfg.model, rng),
+                             tx=make_optimizer(cfg, total_steps))
 
 
-def batch_loss(params, apply_fn, batch: dict, rng: jax.Array | None):
-    """Mean cross-entropy of the char after each window (the tutorial's objective).
+def sequence_nll(logits, targets, weights):
+    """Summed cross-entropy (nats) and the number of scored chars; any leading shape."""
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return jnp.sum(nll * weights), jnp.sum(weights)
 
-    Padding rows (weight 0) contribute nothing. Returns (loss, number of scored chars).
+
+def batch_loss(params, apply_fn, batch: dict, rng: jax.Array | None, objective: str = "last",
+               carry: Carry | None = None):
+    """Mean cross-entropy over the scored chars of a batch.
+
+    objective "last" scores the char after each window (the tutorial); "all" scores the
+    next char at every position (dense targets). Padding (weight 0) contributes nothing.
+    Returns (loss, (number of scored chars, final carry)).
     """
     deterministic = rng is None
-    logits_BxV, _ = apply_fn({"params": params}, batch["inputs"], deterministic=deterministic, last_only=True,
-                             rngs=None if deterministic else {"dropout": rng})
-    nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxV.astype(jnp.float32), batch["targets"][:, -1])
-    w_B = batch["weights"]
-    count = jnp.sum(w_B)
-    return jnp.sum(nll_B * w_B) / jnp.maximum(count, 1.0), count
+    last = objective == "last"
+    logits, new_carry = apply_fn({"params": params}, batch["inputs"], carry, deterministic=deterministic,
+                                 last_only=last, rngs=None if deterministic else {"dropout": rng})
+    if last:
+        total, count = sequence_nll(logits, batch["targets"][:, -1], batch["weights"][:, -1])
+    else:
+        total, count = sequence_nll(logits, batch["targets"], batch["weights"])
+    return total / jnp.maximum(count, 1.0), (count, new_carry)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    """One Adam step on a batch. Returns the new state and {'loss', 'count'}."""
+def _step(state: TrainState, batch: dict, rng: jax.Array, objective: str, carry: Carry | None):
     dropout_rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
-    (loss, count), grads = grad_fn(state.params, state.apply_fn, batch, dropout_rng)
-    return state.apply_gradients(grads=grads), {"loss": loss, "count": count}
+    (loss, (count, carry)), grads = grad_fn(state.params, state.apply_fn, batch, dropout_rng, objective, carry)
+    return state.apply_gradients(grads=grads), {"loss": loss, "count": count}, carry
 
 
-@jax.jit
-def eval_step(state: TrainState, batch: dict):
+@functools.partial(jax.jit, static_argnames="objective", donate_argnums=0)
+def train_step(state: TrainState, batch: dict, rng: jax.Array, objective: str = "last"):
+    """One Adam step on a batch of windows, each from a zero state. Returns (state, {'loss', 'count'})."""
+    state, metrics, _ = _step(state, batch, rng, objective, None)
+    return state, metrics
+
+
+@functools.partial(jax.jit, static_argnames="objective", donate_argnums=0)
+def stateful_train_step(state: TrainState, batch: dict, rng: jax.Array, carry: Carry, objective: str = "all"):
+    """One Adam step that starts from `carry` and returns (state, metrics, carry after the batch).
+
+    Gradients stop at the batch boundary: the carry enters as a constant."""
+    return _step(state, batch, rng, objective, jax.lax.stop_gradient(carry))
+
+
+@functools.partial(jax.jit, static_argnames="objective")
+def eval_step(state: TrainState, batch: dict, objective: str = "last"):
     """Loss without dropout or an update: {'loss', 'count'}."""
-    loss, count = batch_loss(state.params, state.apply_fn, batch, None)
+    loss, (count, _) = batch_loss(state.params, state.apply_fn, batch, None, objective)
     return {"loss": loss, "count": count}

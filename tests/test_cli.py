@@ -1,6 +1,8 @@
 """train.py and sample.py run as subprocesses, as a user runs them: the happy path and bad input."""
 
 import hashlib
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,9 @@ def test_help_lists_every_flag_with_its_default():
     assert result.returncode == 0
     for flag in ["--text", "--gutenberg", "--preset", "--layers", "--hidden", "--dropout", "--input-encoding",
                  "--epochs", "--batch-size", "--lr", "--seed", "--ckpt-dir", "--resume", "--seq-length",
-                 "--no-lowercase", "--no-strip"]:
+                 "--no-lowercase", "--no-strip", "--objective", "--stateful", "--val-frac", "--windowing",
+                 "--strip-punctuation", "--cell", "--input-dropout", "--clip-norm", "--lr-schedule",
+                 "--warmup-steps", "--max-time", "fast"]:
         assert flag in result.stdout
     assert "(default: 256, from --preset seed-small)" in result.stdout
     result = run_cli("sample.py", "--help")
@@ -189,3 +193,55 @@ def test_download_failure_says_to_pass_text(tmp_path):
     result = run_cli("train.py", "--epochs", "1", cwd=tmp_path, env=env)
     assert_one_line_error(result, "could not download Project Gutenberg book 11", "--text FILE")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def run_module(*args, **kw):
+    import subprocess, sys, os
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, encoding="utf-8",
+                          env={**os.environ, **kw.get("env", {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory, wonderland_path):
+    root = tmp_path_factory.mktemp("dense")
+    text = root / "alice.txt"
+    text.write_text(wonderland_path.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    result = run_cli("train.py", "--text", str(text), "--ckpt-dir", str(root / "ck"), *TINY,
+                     "--objective", "all", "--stateful", "--val-frac", "0.1", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr
+    return text, root / "ck", result
+
+
+def test_dense_training_names_its_metrics(dense_run):
+    _, _, result = dense_run
+    assert "train loss (all-chars)" in result.stdout and "val loss (stream, nats/char)" in result.stdout
+
+
+def test_evaluate_json_and_table(dense_run):
+    text, ck, _ = dense_run
+    result = run_module("charlm.evaluate", "--ckpt", str(ck), "--text", str(text), "--val-frac", "0.1", "--json",
+                        "--dynamic")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"nats_per_char", "bits_per_char", "perplexity", "chars"} <= set(report)
+    assert report["chars"] == 493 and set(report["dynamic"]) == {"nats_per_char", "bits_per_char", "perplexity", "chars"}
+    assert report["bits_per_char"] == pytest.approx(report["nats_per_char"] / math.log(2))
+    table = run_module("charlm.evaluate", "--ckpt", str(ck), "--metric", "last-window")  # text from the checkpoint
+    assert table.returncode == 0, table.stderr
+    assert "last-window" in table.stdout and "nats/char" in table.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--val-frac", "1.5"], ["--val-frac must be in [0, 1)"]),
+    (["--metric", "last-window", "--dynamic"], ["--dynamic works with the stream metric only"]),
+    (["--text", "{unknown}"], ["the model never saw", "'€'"]),
+])
+def test_evaluate_bad_input(dense_run, tmp_path, args, words):
+    _, ck, _ = dense_run
+    unknown = tmp_path / "u.txt"
+    unknown.write_text("price: 5 €", encoding="utf-8")
+    result = run_module("charlm.evaluate", "--ckpt", str(ck), *[a.format(unknown=unknown) for a in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    for w in words:
+        assert w in result.stderr

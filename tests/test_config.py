@@ -10,7 +10,8 @@ def test_default_preset_is_the_tutorials_small_net():
     cfg = make_run_config()
     assert (cfg.model.layers, cfg.model.hidden, cfg.model.dropout, cfg.model.input_encoding) == (1, 256, 0.2, "scaled")
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.learning_rate) == (128, 20, 1e-3)
-    assert (cfg.data.seq_length, cfg.data.stride, cfg.data.lowercase, cfg.data.strip) == (100, 1, True, True)
+    assert (cfg.data.seq_length, cfg.data.window_stride, cfg.data.lowercase, cfg.data.strip) == (100, 1, True, True)
+    assert (cfg.data.objective, cfg.data.stateful, cfg.data.val_frac) == ("last", False, 0.0)
 
 
 def test_seed_big_is_the_tutorials_larger_net():

@@ -65,7 +65,8 @@ def test_gather_batch_pads_to_batch_size_with_zero_weights():
     ids = np.arange(30, dtype=np.int32)
     batch = data.gather_batch(ids, np.array([3, 7]), 4, batch_size=5)
     assert batch["inputs"].shape == (5, 4) and batch["targets"].shape == (5, 4)
-    assert batch["weights"].tolist() == [1, 1, 0, 0, 0]
+    assert batch["weights"].shape == (5, 4)
+    assert batch["weights"].tolist() == [[1] * 4] * 2 + [[0] * 4] * 3
     assert batch["inputs"][1].tolist() == [7, 8, 9, 10] and batch["targets"][1].tolist() == [8, 9, 10, 11]
 
 
@@ -103,3 +104,49 @@ def test_tutorial_summary_counts_on_alice(wonderland_path, strip, expected):
 def test_prepare_corpus_rejects_short_text():
     with pytest.raises(CharlmError, match="too short"):
         prepare_corpus("short text", make_run_config())
+
+
+def test_strip_punctuation_removes_unicode_punctuation():
+    from charlm.corpus import clean_text
+    assert clean_text("Well, 'Alice'—said the Cat… (yes)!", strip_punctuation=True) == "well alicesaid the cat yes"
+    assert prepare_corpus("A, b. " * 40, make_run_config(strip_punctuation=True, seq_length=5)).vocab.chars == " ab"
+
+
+def test_sentence_windows():
+    text = "Hello there. How are you? I am fine. A very long sentence indeed goes on."
+    starts, lengths = data.sentence_windows(text, 10)
+    assert [text[s:s + l] for s, l in zip(starts, lengths)] == ["Hello there", "How are you", "I am fine. ",
+                                                               "A very long"]
+    ids = Vocab.from_text(text).encode(text)
+    batch = data.gather_batch(ids, starts[2:3], 10, lengths=lengths[2:3])
+    assert batch["weights"][0].tolist() == [1] * 10  # "I am fine. " is 11 tokens: 10 inputs, 10 targets
+    starts, lengths = data.sentence_windows("Hi. Yo. ", 10)
+    batch = data.gather_batch(Vocab.from_text("Hi. Yo. ").encode("Hi. Yo. "), starts, 10, lengths=lengths)
+    # "Hi. " + its next char "Y": 4 targets; the last sentence has no next char: 3; the rest is masked
+    assert batch["weights"].sum(axis=1).tolist() == [4, 3]
+
+
+def test_split_point_holds_out_the_contiguous_tail():
+    assert data.split_point(144433, 0.1) == 129989  # 14,444 val chars, as the compressor baseline
+    assert data.split_point(100, 0.0) == 100
+
+
+def test_stream_starts_cut_the_text_into_contiguous_streams():
+    starts = data.stream_starts(101, 4, 5)
+    assert starts.shape == (5, 4)
+    assert starts[:, 0].tolist() == [0, 5, 10, 15, 20] and starts[0].tolist() == [0, 25, 50, 75]
+    assert starts.max() + 5 + 1 <= 101
+    with pytest.raises(CharlmError, match="too short"):
+        data.stream_starts(20, 4, 5)
+
+
+@pytest.mark.parametrize("mode", [{}, {"objective": "all"}, {"objective": "all", "stateful": True, "batch_size": 8},
+                                  {"objective": "all", "windowing": "sentences"}])
+def test_no_val_char_is_in_any_training_window(wonderland_path, mode):
+    from charlm.trainer import training_windows
+    cfg = make_run_config(val_frac=0.1, **mode)
+    corpus = prepare_corpus(wonderland_path.read_text(encoding="utf-8"), cfg)
+    starts, lengths = training_windows(corpus, cfg)
+    span = cfg.data.seq_length + 1 if lengths is None else lengths
+    last_index = np.max(np.ravel(starts) + np.ravel(span) - 1) if lengths is not None else starts.max() + span - 1
+    assert corpus.split == 129989 and last_index < corpus.split

@@ -146,3 +146,48 @@ def test_dropout_only_in_training_mode():
     c, _ = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def reference_gru(params, cfg: ModelConfig, ids):
+    """Textbook GRU (char-rnn / cuDNN form) in float64: one-hot inputs, one layer."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["gru_0"])
+    x = np.eye(cfg.vocab_size)[ids]
+    Hh = cfg.hidden
+    h = np.zeros((ids.shape[0], Hh))
+    outs = []
+    for t in range(ids.shape[1]):
+        zx = x[:, t] @ p["input_kernel"] + p["bias"]
+        zh = h @ p["recurrent_kernel"] + p["recurrent_bias"]
+        r = sigmoid(zx[:, :Hh] + zh[:, :Hh])
+        u = sigmoid(zx[:, Hh:2 * Hh] + zh[:, Hh:2 * Hh])
+        n = np.tanh(zx[:, 2 * Hh:] + r * zh[:, 2 * Hh:])
+        h = (1 - u) * n + u * h
+        outs.append(h)
+    out = jax.tree.map(lambda a: np.asarray(a, np.float64), params["output"])
+    return np.stack(outs, 1) @ out["kernel"] + out["bias"]
+
+
+def test_gru_matches_numpy_reference():
+    cfg = ModelConfig(vocab_size=V, hidden=H, cell="gru", input_encoding="onehot")
+    ids = random_ids(7)
+    with jax.enable_x64(True):
+        params = perturbed(init_params(cfg, jax.random.key(0), jnp.float64))
+        assert set(params) == {"gru_0", "output"}
+        logits, _ = CharLSTM(cfg, jnp.float64).apply({"params": params}, jnp.asarray(ids))
+        ref = reference_gru(params, cfg, ids)
+    np.testing.assert_allclose(np.asarray(logits), ref, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("encoding", ["scaled", "onehot", "embed"])
+def test_input_dropout_changes_training_outputs_only(encoding):
+    cfg = ModelConfig(vocab_size=V, hidden=H, dropout=0.0, input_encoding=encoding, embed_dim=E)
+    params = init_params(cfg, jax.random.key(0))
+    ids = jnp.asarray(random_ids(8, (4, 10)))
+    rngs = {"dropout": jax.random.key(1)}
+    plain, _ = CharLSTM(cfg).apply({"params": params}, ids, deterministic=False, rngs=rngs)
+    dropped_cfg = ModelConfig(vocab_size=V, hidden=H, dropout=0.0, input_encoding=encoding, embed_dim=E,
+                              input_dropout=0.5)
+    dropped, _ = CharLSTM(dropped_cfg).apply({"params": params}, ids, deterministic=False, rngs=rngs)
+    evaluated, _ = CharLSTM(dropped_cfg).apply({"params": params}, ids)
+    assert not np.allclose(plain, dropped)
+    np.testing.assert_allclose(plain, evaluated, rtol=1e-6)

@@ -1,0 +1,59 @@
+"""The epoch loop's options, on a small slice of Alice."""
+
+import json
+
+import pytest
+
+from charlm.config import make_run_config
+from charlm.trainer import train
+
+
+@pytest.fixture(scope="module")
+def alice(wonderland_path):
+    return wonderland_path.read_text(encoding="utf-8")[:6000]
+
+
+def run(text, tmp_path, **kw):
+    lines = []
+    base = dict(hidden=16, seq_length=20, batch_size=16, epochs=2, dropout=0.0)
+    result = train(text, make_run_config(**{**base, **kw}), tmp_path, log=lines.append, progress=False)
+    return result, lines
+
+
+def test_validation_split_reports_val_loss_and_picks_best_by_it(alice, tmp_path):
+    result, lines = run(alice, tmp_path, val_frac=0.2, objective="all")
+    assert "Train Characters: 4736, Val Characters: 1185 (the contiguous last 20%)" in lines
+    assert all("val_loss" in r and "val_bits_per_char" in r for r in result.history)
+    assert any("val loss (stream, nats/char)" in l and "train loss (all-chars)" in l for l in lines)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.best_loss == min(r["val_loss"] for r in records)
+    assert any("val_loss improved from inf" in l for l in lines)
+
+
+def test_dense_objective_uses_non_overlapping_windows(alice, tmp_path):
+    _, lines = run(alice, tmp_path, objective="all", epochs=1)
+    assert "Total Patterns: 296" in lines  # (5921 - 21) // 20 + 1
+
+
+def test_stateful_streams(alice, tmp_path):
+    result, lines = run(alice, tmp_path, objective="all", stateful=True, batch_size=8, epochs=1)
+    assert any("steps/epoch of 8 streams x 20 chars" in l for l in lines)
+    assert result.history[0]["step"] == 37  # ((5921 - 1) // 8) // 20
+
+
+def test_sentence_windows_train(alice, tmp_path):
+    result, lines = run(alice, tmp_path, objective="all", windowing="sentences", epochs=1)
+    patterns = int(next(l for l in lines if l.startswith("Total Patterns")).split(": ")[1])
+    assert 20 < patterns < 150  # one window per sentence, far fewer than sliding windows
+
+
+def test_max_time_stops_cleanly_with_a_checkpoint(alice, tmp_path):
+    result, lines = run(alice, tmp_path, epochs=50, max_time=0.001, val_frac=0.1, objective="all")
+    assert len(result.history) == 1 and result.history[0]["step"] < 30
+    assert "Time budget of 0.001 min reached during epoch 1" in lines[-1]
+    assert result.best_path is not None and result.best_path.exists()
+
+
+def test_strip_punctuation_and_gru_and_input_dropout_train(alice, tmp_path):
+    result, lines = run(alice, tmp_path, strip_punctuation=True, cell="gru", input_dropout=0.2, epochs=1)
+    assert "Total Vocab: 30" in lines and "GRU" in lines[3]  # 40 chars less 10 punctuation marks
