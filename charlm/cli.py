@@ -96,13 +96,19 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+_NOT_CONFIG = ("text", "gutenberg", "preset", "ckpt_dir", "resume")
+
+
+def run_config_from_args(args: argparse.Namespace):
+    """The preset, overridden by every flag the user gave (flags left unset are None)."""
+    return make_run_config(args.preset, **{k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> None:
-        overrides = {k: v for k, v in vars(args).items()
-                     if k not in ("text", "gutenberg", "preset", "ckpt_dir", "resume")}
-        cfg = make_run_config(args.preset, **overrides)
+        cfg = run_config_from_args(args)
         from charlm.corpus import read_text, resolve_corpus
         from charlm.trainer import train
 

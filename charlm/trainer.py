@@ -26,18 +26,29 @@ from charlm.corpus import clean_text, fingerprint
 from charlm.data import (Vocab, batch_starts, check_long_enough, gather_batch, seed_windows, sentence_windows,
                          shuffled, split_point, stream_starts, window_starts)
 from charlm.errors import CharlmError
-from charlm.evaluate import VAL_CONTEXT, stream_nll
+from charlm.evaluate import VAL_CONTEXT, last_window_nll, stream_nll
 from charlm.model import zero_carry
 from charlm.training import TrainState, create_train_state, make_optimizer, stateful_train_step, train_step
 
 NUM_SEEDS = 16          # seed windows stored in each checkpoint for sample.py
 PROGRESS_EVERY = 20     # steps between progress-bar refreshes (each one syncs with the device)
-VAL_METRIC = "val loss (stream, nats/char)"
-
-
 def train_metric(cfg: RunConfig) -> str:
     """Names the training loss, so no printed number is ambiguous."""
     return "train loss (last-char)" if cfg.data.objective == "last" else "train loss (all-chars)"
+
+
+def val_metric(cfg: RunConfig) -> str:
+    """Each model is validated in the regime it was trained for: the tutorial's objective on
+    the char after each window, dense objectives on the whole tail read as one stream."""
+    return "val loss (last-char)" if cfg.data.objective == "last" else "val loss (stream)"
+
+
+def validation_nll(state: TrainState, cfg: RunConfig, corpus: Corpus) -> np.ndarray:
+    """One NLL (nats) per val char, each predicted from text that precedes it."""
+    if cfg.data.objective == "last":  # the window before each val char, run from a zero state
+        T = cfg.data.seq_length
+        return last_window_nll(state.params, cfg.model, corpus.tokens[max(0, corpus.split - T):], T)
+    return stream_nll(state.params, cfg.model, corpus.val_tokens, context=corpus.train_tokens[-VAL_CONTEXT:])
 
 
 @dataclass(frozen=True)
@@ -226,7 +237,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     dropout_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
 
     has_val = cfg.data.val_frac > 0
-    monitor = VAL_METRIC if has_val else train_metric(cfg)
+    monitor = val_metric(cfg) if has_val else train_metric(cfg)
     keras_name = "val_loss" if has_val else "loss"  # as in the tutorial's ModelCheckpoint lines
     meta = {"config": cfg.to_dict(), "vocab": corpus.vocab.chars, "metric": monitor,
             "seeds": [corpus.vocab.decode(w) for w in
@@ -243,6 +254,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     deadline = started + 60 * cfg.train.max_time if cfg.train.max_time else math.inf
     with checkpoint.BestCheckpoint(run_dir) as best:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+            epoch_started = time.monotonic()
             t0 = time.perf_counter()
             state, stats = run_epoch(
                 state, epoch_batches(corpus, cfg, starts, lengths, epoch), cfg, dropout_rng, steps_per_epoch,
@@ -254,11 +266,9 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
             line = (f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {1000 * seconds / max(stats.steps, 1):.0f}ms/step"
                     f" - {record['chars_per_s']:,.0f} chars/s - {train_metric(cfg)}: {loss:.4f}")
             if has_val:
-                val_nll = stream_nll(state.params, cfg.model, corpus.val_tokens,
-                                     context=corpus.train_tokens[-VAL_CONTEXT:])
-                record["val_loss"] = float(np.mean(val_nll))
+                record["val_loss"] = float(np.mean(validation_nll(state, cfg, corpus)))
                 record["val_bits_per_char"] = record["val_loss"] / math.log(2)
-                line += f" - {VAL_METRIC}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
+                line += f" - {monitor}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
             history.append(record)
             log(line)
             monitored = record["val_loss"] if has_val else loss
@@ -274,6 +284,15 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                 log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if epoch == start_epoch + 2 and deadline < math.inf and cfg.train.lr_schedule != "constant":
+                # Fit the decay to the budget: as many steps as the remaining time allows at the
+                # pace of this (compiled, warm) epoch, so the schedule ends when the time does.
+                pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
+                fits = int(state.step) + int((deadline - time.monotonic()) / pace)
+                if fits < total_steps:
+                    state = state.replace(tx=make_optimizer(cfg, fits))
+                    log(f"Fitted the {cfg.train.lr_schedule} lr schedule to the time budget: {fits} steps "
+                        f"instead of {total_steps}")
             if stats.stopped:
                 log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch} "
                     f"(after {int(state.step)} steps); stopping.")

@@ -24,7 +24,7 @@ def test_validation_split_reports_val_loss_and_picks_best_by_it(alice, tmp_path)
     result, lines = run(alice, tmp_path, val_frac=0.2, objective="all")
     assert "Train Characters: 4736, Val Characters: 1185 (the contiguous last 20%)" in lines
     assert all("val_loss" in r and "val_bits_per_char" in r for r in result.history)
-    assert any("val loss (stream, nats/char)" in l and "train loss (all-chars)" in l for l in lines)
+    assert any("val loss (stream)" in l and "train loss (all-chars)" in l for l in lines)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert result.best_loss == min(r["val_loss"] for r in records)
     assert any("val_loss improved from inf" in l for l in lines)
@@ -57,3 +57,14 @@ def test_max_time_stops_cleanly_with_a_checkpoint(alice, tmp_path):
 def test_strip_punctuation_and_gru_and_input_dropout_train(alice, tmp_path):
     result, lines = run(alice, tmp_path, strip_punctuation=True, cell="gru", input_dropout=0.2, epochs=1)
     assert "Total Vocab: 30" in lines and "GRU" in lines[3]  # 40 chars less 10 punctuation marks
+
+
+def test_tutorial_objective_is_validated_on_the_char_after_each_window(alice, tmp_path):
+    result, lines = run(alice, tmp_path, val_frac=0.2, epochs=1)
+    assert any("train loss (last-char)" in l and "val loss (last-char)" in l for l in lines)
+
+
+def test_max_time_fits_a_decaying_schedule_to_the_budget(alice, tmp_path):
+    result, lines = run(alice, tmp_path, epochs=500, max_time=0.25, objective="all", lr_schedule="cosine")
+    assert any(l.startswith("Fitted the cosine lr schedule to the time budget") for l in lines)
+    assert len(result.history) < 500
