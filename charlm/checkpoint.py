@@ -114,7 +114,8 @@ def config_from_meta(meta: dict[str, Any]) -> tuple[RunConfig, Vocab]:
 def restore(path: str | Path) -> tuple[TrainState, RunConfig, Vocab, dict[str, Any]]:
     """Loads the checkpoint under `path` onto the default device (CPU if no GPU).
 
-    Returns (train state with optimizer state, run config, vocabulary, metadata).
+    Returns (train state with optimizer state, run config, vocabulary, metadata). The
+    optimizer's lr schedule has the horizon the run used (meta["total_steps"]).
     """
     meta = read_meta(path)
     cfg, vocab = config_from_meta(meta)
@@ -129,6 +130,7 @@ def restore(path: str | Path) -> tuple[TrainState, RunConfig, Vocab, dict[str, A
     except Exception as e:  # orbax raises many types for damaged or mismatched arrays
         raise CharlmError(f"cannot restore checkpoint {best / str(step)}: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    state = create_train_state(cfg, jax.random.key(0)).replace(
+    total_steps = meta.get("total_steps", 1) if isinstance(meta.get("total_steps"), int) else 1
+    state = create_train_state(cfg, jax.random.key(0), total_steps).replace(
         params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
     return state, cfg, vocab, meta

@@ -39,7 +39,8 @@ def train_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", metavar="FILE",
                      help="UTF-8 text to train on (default: ./wonderland.txt if present, else Gutenberg book 11)")
     src.add_argument("--gutenberg", type=int, metavar="ID",
-                     help="download Project Gutenberg book ID once into the user cache and train on it")
+                     help="download Project Gutenberg book ID once into the user cache and train on it "
+                          "(default: none; book 11 when neither --text nor ./wonderland.txt is there)")
     src.add_argument("--no-lowercase", dest="lowercase", action="store_false", default=None,
                      help="keep case (default: lowercase, as the tutorial)")
     src.add_argument("--no-strip", dest="strip", action="store_false", default=None,
@@ -92,7 +93,9 @@ def train_parser() -> argparse.ArgumentParser:
                           "usual best-checkpoint logic (default: no limit)")
     opt.add_argument("--seed", type=int, help=f"seed for init, dropout and shuffling {_preset_default('train', 'seed')}")
     opt.add_argument("--ckpt-dir", default="checkpoints", help="where the best checkpoint goes (default: %(default)s)")
-    opt.add_argument("--resume", action="store_true", help="continue from the best checkpoint in --ckpt-dir")
+    opt.add_argument("--resume", action="store_true",
+                     help="continue from the best checkpoint in --ckpt-dir (default: off; a directory that "
+                          "already holds a checkpoint is refused without it)")
     return p
 
 
@@ -114,7 +117,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
         path = resolve_corpus(args.text, args.gutenberg)
         raw = read_text(path)
-        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path))
+        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path.resolve()))
         if result.best_path is not None:
             print(f"Best checkpoint: {result.best_path} (loss {result.best_loss:.4f}); "
                   f"sample with: python sample.py --ckpt {args.ckpt_dir}")
@@ -176,10 +179,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("stream", "last-window"), default="stream",
                    help="stream: state carried through the text; last-window: the tutorial's metric, the char "
                         "after each seq_length window from a zero state (default: %(default)s)")
-    p.add_argument("--dynamic", action="store_true", help="also report dynamic evaluation (stream metric only)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="also report dynamic evaluation (stream metric only; default: off)")
     p.add_argument("--dynamic-lr", type=float, help="SGD step of dynamic evaluation (default: tuned, see BENCHMARKS.md)")
     p.add_argument("--dynamic-segment", type=int, help="chars per dynamic-evaluation update (default: tuned)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table (default: off)")
     return p
 
 

@@ -7,6 +7,7 @@ Pure functions except for the file and network I/O, which stays in `read_text` a
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import unicodedata
@@ -116,7 +117,7 @@ def download_gutenberg(book_id: int, *, timeout: float = 30.0) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise CharlmError(f"could not download Project Gutenberg book {book_id} from {url} ({reason}); "
                           f"pass --text FILE to train on a local text file") from None

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm.config import ModelConfig, RunConfig
+from charlm.corpus import clean_text
 from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM
@@ -83,10 +84,11 @@ def generate_window(params, cfg: ModelConfig, prime_BxP: jax.Array, rng: jax.Arr
 
 
 def encode_prime(prime: str, vocab: Vocab, cfg: RunConfig) -> np.ndarray:
-    """Prepares user prime text as training prepared the corpus (lowercased if it was)."""
+    """Prepares user prime text as training prepared the corpus (newlines, case, punctuation)."""
     if not prime:
         raise CharlmError("the prime text is empty")
-    text = prime.lower() if cfg.data.lowercase else prime
+    d = cfg.data
+    text = clean_text(prime, lowercase=d.lowercase, strip=False, strip_punctuation=d.strip_punctuation)
     missing = vocab.unknown_chars(text)
     if missing:
         raise CharlmError(f"prime text contains {len(missing)} char(s) not in the model's vocabulary: "

@@ -183,11 +183,15 @@ def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, total_steps: in
         added, dropped = corpus.vocab.unknown_chars(saved_vocab.chars), saved_vocab.unknown_chars(corpus.vocab.chars)
         raise CharlmError(f"cannot resume: the text's vocabulary differs from the checkpoint's "
                           f"(only in checkpoint: {''.join(added)!r}; only in text: {''.join(dropped)!r})")
-    if saved_cfg.model != cfg.model:
-        diff = [f"{f.name} {getattr(saved_cfg.model, f.name)!r} -> {getattr(cfg.model, f.name)!r}"
-                for f in dataclasses.fields(cfg.model)
-                if getattr(saved_cfg.model, f.name) != getattr(cfg.model, f.name)]
-        raise CharlmError(f"cannot resume: model config differs from the checkpoint's ({'; '.join(diff)})")
+    # The model, the data and its split, and the optimizer's structure must match; the epoch
+    # count, lr, schedule and time budget may change.
+    diff = [f"{f.name} {getattr(old, f.name)!r} -> {getattr(new, f.name)!r}"
+            for old, new in ((saved_cfg.model, cfg.model), (saved_cfg.data, cfg.data))
+            for f in dataclasses.fields(new) if getattr(old, f.name) != getattr(new, f.name)]
+    if (saved_cfg.train.clip_norm is None) != (cfg.train.clip_norm is None):
+        diff.append(f"clip_norm {saved_cfg.train.clip_norm!r} -> {cfg.train.clip_norm!r}")
+    if diff:
+        raise CharlmError(f"cannot resume: the config differs from the checkpoint's ({'; '.join(diff)})")
     if meta["epoch"] >= cfg.train.epochs:
         raise CharlmError(f"checkpoint in {run_dir} already has {meta['epoch']} epochs; "
                           f"pass --epochs greater than that to train on")
@@ -243,7 +247,8 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
             "seeds": [corpus.vocab.decode(w) for w in
                       seed_windows(corpus.train_tokens, T, NUM_SEEDS, cfg.train.seed)],
             "corpus": {"source": source, "chars": len(corpus.tokens), "split": corpus.split,
-                       "fingerprint": fingerprint(corpus.text)}}
+                       "fingerprint": fingerprint(corpus.text)},
+            "total_steps": total_steps}  # the lr schedule's horizon, so a restored optimizer has it too
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
         f"{jax.devices()[0].platform.upper()}: {steps_per_epoch} steps/epoch of {B} "
         f"{'streams' if cfg.data.stateful else 'windows'} x {T} chars, objective {cfg.data.objective}")
@@ -255,11 +260,10 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     with checkpoint.BestCheckpoint(run_dir) as best:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
             epoch_started = time.monotonic()
-            t0 = time.perf_counter()
             state, stats = run_epoch(
                 state, epoch_batches(corpus, cfg, starts, lengths, epoch), cfg, dropout_rng, steps_per_epoch,
                 f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline)
-            seconds = time.perf_counter() - t0
+            seconds = time.monotonic() - epoch_started
             loss = stats.loss
             record = {"epoch": epoch, "step": int(state.step), "train_loss": loss, "seconds": seconds,
                       "elapsed": time.monotonic() - started, "chars_per_s": stats.chars / seconds}
@@ -291,6 +295,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                 fits = int(state.step) + int((deadline - time.monotonic()) / pace)
                 if fits < total_steps:
                     state = state.replace(tx=make_optimizer(cfg, fits))
+                    meta["total_steps"] = fits
                     log(f"Fitted the {cfg.train.lr_schedule} lr schedule to the time budget: {fits} steps "
                         f"instead of {total_steps}")
             if stats.stopped:

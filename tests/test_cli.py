@@ -75,6 +75,17 @@ def test_sample_options(trained_run):
     assert result.stdout.count("--- sample") == 3
 
 
+def test_top_k_and_temperature_reach_the_sampler(trained_run):
+    _, _, ck, _ = trained_run
+    def sample(*args):
+        r = run_cli("sample.py", "--ckpt", str(ck), "--prime", "alice", "--length", "200", "--seed", "3", *args)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    greedy = sample()
+    assert sample("--temperature", "5", "--top-k", "1") == greedy, "top-1 sampling is argmax"
+    assert sample("--temperature", "5") != greedy
+
+
 def test_resume_continues_from_the_best_epoch(trained_run, tmp_path):
     root, text, ck, _ = trained_run
     import shutil
@@ -84,6 +95,8 @@ def test_resume_continues_from_the_best_epoch(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Resuming from epoch 2" in result.stdout and "Epoch 3/3" in result.stdout
     assert "Epoch 1/3" not in result.stdout
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[2] == steps[1] + (steps[1] - steps[0]), "the optimizer step count continues"
 
 
 def test_help_lists_every_flag_with_its_default():
@@ -219,7 +232,7 @@ def test_download_failure_says_to_pass_text(tmp_path):
 def run_module(*args, **kw):
     import subprocess, sys, os
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, encoding="utf-8",
-                          env={**os.environ, **kw.get("env", {})}, timeout=300)
+                          env={**os.environ, **kw.get("env", {})}, timeout=300, cwd=kw.get("cwd"))
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +260,13 @@ def test_evaluate_json_and_table(dense_run):
     assert {"nats_per_char", "bits_per_char", "perplexity", "chars"} <= set(report)
     assert report["chars"] == 493 and set(report["dynamic"]) == {"nats_per_char", "bits_per_char", "perplexity", "chars"}
     assert report["bits_per_char"] == pytest.approx(report["nats_per_char"] / math.log(2))
-    table = run_module("charlm.evaluate", "--ckpt", str(ck), "--metric", "last-window")  # text from the checkpoint
+    table = run_module("charlm.evaluate", "--ckpt", str(ck), "--metric", "last-window", cwd="/")  # text from ckpt
     assert table.returncode == 0, table.stderr
     assert "last-window" in table.stdout and "nats/char" in table.stdout
+    stream = run_module("charlm.evaluate", "--ckpt", str(ck), "--json", cwd="/")
+    window = run_module("charlm.evaluate", "--ckpt", str(ck), "--json", "--metric", "last-window", cwd="/")
+    s, w = json.loads(stream.stdout), json.loads(window.stdout)
+    assert s["chars"] == 4920 and w["chars"] == 4911 and s["nats_per_char"] != w["nats_per_char"]
 
 
 @pytest.mark.parametrize("args, words", [

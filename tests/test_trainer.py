@@ -35,10 +35,34 @@ def test_dense_objective_uses_non_overlapping_windows(alice, tmp_path):
     assert "Total Patterns: 296" in lines  # (5921 - 21) // 20 + 1
 
 
-def test_stateful_streams(alice, tmp_path):
-    result, lines = run(alice, tmp_path, objective="all", stateful=True, batch_size=8, epochs=1)
+def test_stateful_streams_carry_the_state_from_batch_to_batch(alice, tmp_path, monkeypatch):
+    import charlm.trainer as trainer
+
+    seen = []  # (carry passed in, carry returned, first input column) per step
+    real = trainer.stateful_train_step
+
+    def spy(state, batch, rng, carry, objective):
+        state, metrics, new_carry = real(state, batch, rng, carry, objective=objective)
+        seen.append((carry, new_carry, batch))
+        return state, metrics, new_carry
+
+    monkeypatch.setattr(trainer, "stateful_train_step", spy)
+    result, lines = run(alice, tmp_path, objective="all", stateful=True, batch_size=8, epochs=2)
     assert any("steps/epoch of 8 streams x 20 chars" in l for l in lines)
-    assert result.history[0]["step"] == 37  # ((5921 - 1) // 8) // 20
+    assert len(seen) == 2 * 37  # ((5921 - 1) // 8) // 20 steps per epoch
+    for k in range(1, 37):  # within an epoch: the carry out of step k-1 goes into step k ...
+        assert seen[k][0] is seen[k - 1][1]
+        # ... and each stream's next window starts where its last one ended
+        assert (seen[k][2]["inputs"][:, 0] == seen[k - 1][2]["targets"][:, -1]).all()
+    assert float(abs(seen[37][0][0][1]).max()) == 0.0, "the state is reset at the start of each epoch"
+
+
+def test_resume_refuses_a_changed_config_naming_the_field(alice, tmp_path):
+    from charlm.errors import CharlmError
+    run(alice, tmp_path, epochs=1)
+    with pytest.raises(CharlmError, match=r"config differs.*dropout 0.0 -> 0.1.*objective 'last' -> 'all'"):
+        train(alice, make_run_config(hidden=16, seq_length=20, batch_size=16, epochs=2, dropout=0.1,
+                                     objective="all"), tmp_path, resume=True, log=lambda s: None)
 
 
 def test_sentence_windows_train(alice, tmp_path):
@@ -66,5 +90,8 @@ def test_tutorial_objective_is_validated_on_the_char_after_each_window(alice, tm
 
 def test_max_time_fits_a_decaying_schedule_to_the_budget(alice, tmp_path):
     result, lines = run(alice, tmp_path, epochs=500, max_time=0.25, objective="all", lr_schedule="cosine")
-    assert any(l.startswith("Fitted the cosine lr schedule to the time budget") for l in lines)
-    assert len(result.history) < 500
+    fitted = next(l for l in lines if l.startswith("Fitted the cosine lr schedule to the time budget"))
+    steps = int(fitted.split(": ")[1].split()[0])
+    assert steps < 500 * 296
+    from charlm.checkpoint import read_meta
+    assert read_meta(tmp_path)["total_steps"] == steps  # the best epoch came after the fit
