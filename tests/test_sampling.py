@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from charlm.config import make_run_config
-from charlm.data import Vocab
 from charlm.errors import CharlmError
-from charlm.model import CharLSTM, init_params
+from charlm.model import CharLSTM
 from charlm.checkpoint import restore
 from charlm.trainer import train
 from charlm.sampling import generate, generate_stateful, generate_window, sample_next
