@@ -31,7 +31,7 @@ from charlm.checkpoint import restore
 from charlm.config import make_run_config
 from charlm.corpus import clean_text, read_text
 from charlm.data import split_point
-from charlm.evaluate import Score, VAL_CONTEXT, dynamic_nll, last_window_nll, stream_nll
+from charlm.evaluate import Score, dynamic_nll, last_window_nll, tail_context, tail_nll
 from charlm.plot import plot_runs, read_metrics
 from charlm.sampling import generate
 
@@ -84,20 +84,20 @@ def evaluate_run(run_dir: Path, text: str, tune_dynamic: bool) -> dict:
     t0 = time.perf_counter()
     out = {"epochs_run": len(read_metrics(run_dir)), "best_epoch": meta["epoch"], "monitor": meta["metric"],
            "best_monitored_loss": meta["loss"],
-           "val_stream": Score.from_nll(stream_nll(state.params, cfg.model, val_tok,
-                                                   context=train_tok[-VAL_CONTEXT:])).to_dict(),
-           "val_last_window": Score.from_nll(last_window_nll(state.params, cfg.model, tokens[split - T:], T)).to_dict(),
+           "val_stream": Score.from_nll(tail_nll(state.params, cfg.model, tokens, split, T)).to_dict(),
+           "val_last_window": Score.from_nll(tail_nll(state.params, cfg.model, tokens, split, T,
+                                                      "last-window")).to_dict(),
            # the tutorial's metric on its training text, on every 10th window to save time
            "train_last_window_stride10": Score.from_nll(
                last_window_nll(state.params, cfg.model, train_tok, T, stride=10)).to_dict()}
     if tune_dynamic:
         grid = {}
         for lr, seg in DYNAMIC_GRID:
-            nll = dynamic_nll(state.params, cfg.model, val_tok, context=train_tok[-VAL_CONTEXT:], segment=seg, lr=lr)
+            nll = dynamic_nll(state.params, cfg.model, val_tok, tail_context(tokens, split), segment=seg, lr=lr)
             grid[f"lr={lr:g},segment={seg}"] = float(np.mean(nll))
         out["dynamic_grid"] = grid
     out["val_dynamic_default"] = Score.from_nll(dynamic_nll(state.params, cfg.model, val_tok,
-                                                            context=train_tok[-VAL_CONTEXT:])).to_dict()
+                                                            tail_context(tokens, split))).to_dict()
     out["eval_seconds"] = time.perf_counter() - t0
     return out
 

@@ -26,7 +26,7 @@ _EXPORTS = {
     "model": ["CharLSTM", "init_params", "zero_carry"],
     "training": ["TrainState", "create_train_state", "eval_step", "stateful_train_step", "train_step"],
     "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
-    "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "last_window_nll", "stream_nll"],
+    "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "last_window_nll", "stream_nll", "tail_nll"],
     "trainer": ["Corpus", "TrainResult", "prepare_corpus", "train"],
     "sampling": ["generate", "generate_stateful", "generate_window", "sample_next"],
 }

@@ -158,6 +158,24 @@ def last_window_nll(params, cfg: ModelConfig, tokens: np.ndarray, seq_length: in
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def tail_context(tokens: np.ndarray, split: int) -> np.ndarray | None:
+    """The chars that warm up the state before tokens[split:] is scored (None at the start)."""
+    return tokens[max(0, split - VAL_CONTEXT):split] if split > 0 else None
+
+
+def tail_nll(params, cfg: ModelConfig, tokens: np.ndarray, split: int, seq_length: int,
+             metric: str = "stream") -> np.ndarray:
+    """One NLL per char of tokens[split:], each predicted only from text before it.
+
+    stream: the tail read as one stream after warming up on `tail_context`; last-window:
+    each char from the `seq_length` chars before it, run from a zero state. The trainer's
+    val pass, the evaluate CLI and the benchmarks all score held-out text through here.
+    """
+    if metric == "last-window":
+        return last_window_nll(params, cfg, tokens[max(0, split - seq_length):], seq_length)
+    return stream_nll(params, cfg, tokens[split:], tail_context(tokens, split))
+
+
 def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: float = 0.0, metric: str = "stream",
                         dynamic: bool = False, dynamic_lr: float | None = None,
                         dynamic_segment: int | None = None) -> dict:
@@ -189,23 +207,18 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
                           f"{', '.join(repr(c) for c in missing[:20])}")
     tokens = vocab.encode(text)
     split = split_point(len(tokens), val_frac) if val_frac > 0 else 0
-    # The same conventions as the trainer's val pass, so the numbers line up: a tail is read
-    # after the VAL_CONTEXT chars before it, and its last-window scores start at its first char.
-    scored, context = tokens[split:], (tokens[max(0, split - VAL_CONTEXT):split] if split > 0 else None)
-    if len(scored) < 2:
-        raise CharlmError(f"the text has {len(scored)} char(s) to score; need at least 2")
-    if metric == "last-window":
-        nll = last_window_nll(state.params, cfg.model, tokens[max(0, split - d.seq_length):], d.seq_length)
-        if len(nll) == 0:
-            raise CharlmError(f"the text is shorter than one {d.seq_length}-char window")
-    else:
-        nll = stream_nll(state.params, cfg.model, scored, context)
+    if len(tokens) - split < 2:
+        raise CharlmError(f"the text has {len(tokens) - split} char(s) to score; need at least 2")
+    nll = tail_nll(state.params, cfg.model, tokens, split, d.seq_length, metric)
+    if len(nll) == 0:
+        raise CharlmError(f"the text is shorter than one {d.seq_length}-char window")
     report = {**Score.from_nll(nll).to_dict(), "metric": metric, "text": str(text_path),
               "scored": f"{len(tokens)} chars after cleaning; scored " +
                         (f"the last {val_frac:.0%}" if val_frac else "all")}
     if dynamic:
         kwargs = {k: v for k, v in (("lr", dynamic_lr), ("segment", dynamic_segment)) if v is not None}
-        report["dynamic"] = Score.from_nll(dynamic_nll(state.params, cfg.model, scored, context, **kwargs)).to_dict()
+        report["dynamic"] = Score.from_nll(dynamic_nll(state.params, cfg.model, tokens[split:],
+                                                       tail_context(tokens, split), **kwargs)).to_dict()
     return report
 
 

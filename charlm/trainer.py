@@ -26,7 +26,7 @@ from charlm.corpus import clean_text, fingerprint
 from charlm.data import (Vocab, batch_starts, check_long_enough, gather_batch, seed_windows, sentence_windows,
                          shuffled, split_point, stream_starts, window_starts)
 from charlm.errors import CharlmError
-from charlm.evaluate import VAL_CONTEXT, last_window_nll, stream_nll
+from charlm.evaluate import tail_nll
 from charlm.model import zero_carry
 from charlm.training import TrainState, create_train_state, make_optimizer, stateful_train_step, train_step
 
@@ -45,10 +45,8 @@ def val_metric(cfg: RunConfig) -> str:
 
 def validation_nll(state: TrainState, cfg: RunConfig, corpus: Corpus) -> np.ndarray:
     """One NLL (nats) per val char, each predicted from text that precedes it."""
-    if cfg.data.objective == "last":  # the window before each val char, run from a zero state
-        T = cfg.data.seq_length
-        return last_window_nll(state.params, cfg.model, corpus.tokens[max(0, corpus.split - T):], T)
-    return stream_nll(state.params, cfg.model, corpus.val_tokens, context=corpus.train_tokens[-VAL_CONTEXT:])
+    metric = "last-window" if cfg.data.objective == "last" else "stream"
+    return tail_nll(state.params, cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
 
 
 @dataclass(frozen=True)
