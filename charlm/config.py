@@ -15,6 +15,7 @@ from charlm.errors import CharlmError
 
 INPUT_ENCODINGS = ("scaled", "onehot", "embed")
 CELLS = ("lstm", "gru")
+PRECISIONS = ("float32", "bfloat16")
 OBJECTIVES = ("last", "all")
 WINDOWINGS = ("sliding", "sentences")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -47,6 +48,7 @@ class ModelConfig:
     embed_dim: int = 64             # embedding width, only for input_encoding="embed"
     cell: str = "lstm"              # lstm (the tutorial) or gru (as in char-rnn)
     input_dropout: float = 0.0      # dropout on the input features (tutorial extension 6)
+    precision: str = "float32"      # bfloat16: LSTM recurrent matmuls in bf16 (state, gates, loss stay f32)
 
     def __post_init__(self):
         _require(isinstance(self.vocab_size, int) and self.vocab_size >= 0,
@@ -57,6 +59,8 @@ class ModelConfig:
         _probability("dropout", self.dropout)
         _probability("input_dropout", self.input_dropout)
         _require(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}; "
+                 f"got {self.precision!r}")
         _require(self.input_encoding in INPUT_ENCODINGS,
                  f"input encoding must be one of {', '.join(INPUT_ENCODINGS)}; got {self.input_encoding!r}")
 
