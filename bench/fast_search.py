@@ -21,15 +21,15 @@ from charlm.config import make_run_config
 from charlm.corpus import read_text
 from charlm.trainer import train
 
-COMMON = dict(objective="all", val_frac=0.1, input_encoding="embed", clip_norm=5.0, lr_schedule="cosine",
-              warmup_steps=50, learning_rate=2e-3, epochs=1000)
+COMMON = {"objective": "all", "val_frac": 0.1, "input_encoding": "embed", "clip_norm": 5.0, "lr_schedule": "cosine",
+          "warmup_steps": 50, "learning_rate": 2e-3, "epochs": 1000}
 CANDIDATES = {
-    "A-lstm512-stateful": dict(hidden=512, layers=1, dropout=0.3, batch_size=32, stateful=True),
-    "B-lstm256x2-stateful": dict(hidden=256, layers=2, dropout=0.2, batch_size=32, stateful=True),
-    "C-lstm384-stateful": dict(hidden=384, layers=1, dropout=0.25, batch_size=32, stateful=True),
-    "D-gru512-stateful": dict(hidden=512, layers=1, dropout=0.3, batch_size=32, stateful=True, cell="gru"),
-    "E-lstm512-drop0.5": dict(hidden=512, layers=1, dropout=0.5, batch_size=32, stateful=True),
-    "F-lstm512-windows": dict(hidden=512, layers=1, dropout=0.3, batch_size=32),
+    "A-lstm512-stateful": {"hidden": 512, "layers": 1, "dropout": 0.3, "batch_size": 32, "stateful": True},
+    "B-lstm256x2-stateful": {"hidden": 256, "layers": 2, "dropout": 0.2, "batch_size": 32, "stateful": True},
+    "C-lstm384-stateful": {"hidden": 384, "layers": 1, "dropout": 0.25, "batch_size": 32, "stateful": True},
+    "D-gru512-stateful": {"hidden": 512, "layers": 1, "dropout": 0.3, "batch_size": 32, "stateful": True, "cell": "gru"},
+    "E-lstm512-drop0.5": {"hidden": 512, "layers": 1, "dropout": 0.5, "batch_size": 32, "stateful": True},
+    "F-lstm512-windows": {"hidden": 512, "layers": 1, "dropout": 0.3, "batch_size": 32},
 }
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     for name in args.only or CANDIDATES:
         cfg = make_run_config("seed-small", **{**COMMON, **CANDIDATES[name], "max_time": args.budget})
         with tempfile.TemporaryDirectory() as run_dir:
-            result = train(raw, cfg, run_dir, log=lambda line: print(f"[{name}] {line}", flush=True), progress=False)
+            result = train(raw, cfg, run_dir, log=lambda line, name=name: print(f"[{name}] {line}", flush=True), progress=False)
         results["runs"][name] = {"config": cfg.to_dict(), "budget_min": args.budget, "best_val_loss": result.best_loss,
                                  "curve": [(round(r["elapsed"], 1), round(r["val_loss"], 4)) for r in result.history]}
         out.parent.mkdir(parents=True, exist_ok=True)

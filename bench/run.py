@@ -1,0 +1,211 @@
+"""CPU performance suite: charlm against plain PyTorch and the tutorial's Keras code (issue 5).
+
+    python -m bench.run --suite cpu            # the full suite: a quiet machine, ~10-15 min
+    python -m bench.run --suite cpu --quick    # smoke test: few steps and chars, tiny corpora
+
+Measures training throughput (seed-small, seed-big and dense-small; see bench.perfkit.SETUPS),
+the XLA f32 matmul ceiling, sampling speed, and the peak RSS of a real `train.py` run against
+corpus size (bench.memory). Every measurement is a fresh child process (`bench.charlm_peer`,
+`bench.peers.torch_peer`, `bench.peers.keras_peer`) that prints one JSON line, so peak RSS and
+thread pools never leak between implementations; only one runs at a time. Rounds interleave
+the implementations (charlm, torch, keras, charlm, ...) and the summary takes medians over
+rounds. Ratios are charlm's throughput over the peer's: above 1, charlm is faster.
+Writes bench/results/cpu.json (cpu-quick.json with --quick) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+from bench import memory
+from bench.perfkit import DEFAULT_TEXT, SEQ_LENGTH, SETUPS, run_child, train_flops
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = {"charlm": "bench.charlm_peer", "charlm-bf16": "bench.charlm_peer", "torch": "bench.peers.torch_peer",
+         "keras": "bench.peers.keras_peer"}
+# charlm-bf16: the same charlm step with --precision bfloat16 (bf16 recurrent matmuls, f32 state and loss).
+PRECISION = {"charlm-bf16": "bfloat16"}
+PARTS = ("train", "sample", "memory")
+
+# Per-task settings: the full suite, and --quick, which only shows that everything runs.
+FULL = {"rounds": 3, "warmup": 3, "steps": 20, "chars": 1000, "window_chars": 100, "streams": 64, "reps": 3,
+        "matmul_n": 2048, "memory_mb": [1, 10, 100], "memory_minutes": 0.2, "timeout": 900}
+QUICK = {"rounds": 1, "warmup": 1, "steps": 3, "chars": 100, "window_chars": 10, "streams": 64, "reps": 1,
+         "matmul_n": 512, "memory_mb": [0.1, 1], "memory_minutes": 0.02, "timeout": 300}
+
+
+def peer_args(task: str, setup: str | None, s: dict, text: str) -> list[str]:
+    args = [task, "--text", text, "--reps", str(s["reps"])]
+    if task == "train":
+        args += ["--setup", setup, "--warmup", str(s["warmup"]), "--steps", str(s["steps"])]
+    elif task == "sample":
+        args += ["--chars", str(s["chars"]), "--window-chars", str(s["window_chars"]), "--streams", str(s["streams"])]
+    elif task == "matmul":
+        args += ["--matmul-n", str(s["matmul_n"])]
+    return args
+
+
+def run_peer(impl: str, args: list[str], timeout: float) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO),
+           "CHARLM_BENCH_PRECISION": PRECISION.get(impl, "float32")}
+    child = run_child([sys.executable, "-m", PEERS[impl], *args], str(REPO), timeout, env)
+    lines = [line for line in child["stdout"].splitlines() if line.startswith("{")]
+    if child["rc"] != 0 or not lines:
+        return {"impl": impl, "task": args[0], "error": f"exit {child['rc']}", "stderr_tail": child["stderr_tail"],
+                "args": args}
+    return {**json.loads(lines[-1]), "other_cores": child["other_cores"]}
+
+
+def schedule(parts: list[str], impls: list[str]) -> list[tuple[str, str, str | None]]:
+    """One round's (impl, task, setup) list: each measurement for every implementation in turn."""
+    jobs = [("charlm", "matmul", None)] if "train" in parts and "charlm" in impls else []
+    if "train" in parts:
+        jobs += [(impl, "train", setup) for setup in SETUPS for impl in impls]
+    if "sample" in parts:
+        jobs += [(impl, "sample", None) for impl in impls if impl not in PRECISION]
+    return jobs
+
+
+def median_of(records: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in records)
+
+
+def summarize(raw: list[dict]) -> dict:
+    """Medians over rounds, the derived figures, and charlm's ratios to each peer."""
+    ok = [r for r in raw if "error" not in r]
+    matmul = [r for r in ok if r["task"] == "matmul"]
+    ceiling = median_of(matmul, "gflops") if matmul else None
+    train: dict = {}
+    for setup_name, setup in SETUPS.items():
+        rows = {}
+        for impl in PEERS:
+            recs = [r for r in ok if r["task"] == "train" and r["impl"] == impl and r["setup"] == setup_name]
+            if not recs:
+                continue
+            step = median_of(recs, "step_s")
+            scored = setup.batch * (SEQ_LENGTH if setup.objective == "all" else 1)
+            gflops = train_flops(setup, recs[0]["vocab_size"]) / step / 1e9
+            rows[impl] = {"step_s": step, "compile_s": median_of(recs, "first_step_s"),
+                          "windows_per_s": setup.batch / step, "target_chars_per_s": scored / step,
+                          "input_chars_per_s": setup.batch * SEQ_LENGTH / step,
+                          "epoch_s": recs[0]["windows_per_epoch"] * step / setup.batch, "gflops": gflops,
+                          "matmul_fraction": gflops / ceiling if ceiling else None,
+                          "peak_rss_mb": median_of(recs, "peak_rss_mb"), "rounds": len(recs),
+                          "other_cores": max(r["other_cores"] for r in recs)}
+        ratios = {f"{ours}/{peer}": rows[peer]["step_s"] / rows[ours]["step_s"]
+                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "keras") if ours in rows and peer in rows}
+        train[setup_name] = {"impls": rows, "throughput_ratios": ratios}
+    sampling: dict = {}
+    for r in ok:
+        if r["task"] == "sample":
+            for s in r["samples"]:
+                sampling.setdefault(f"{r['impl']} {s['mode']} x{s['streams']}", []).append(
+                    {**s, "other_cores": r["other_cores"]})
+    sample = {name: {"chars_per_s": median_of(v, "chars_per_s"), "first_s": median_of(v, "first_s"),
+                     "chars": v[0]["chars"], "rounds": len(v), "other_cores": max(x["other_cores"] for x in v)}
+              for name, v in sampling.items()}
+
+    def ratio(a: str, b: str) -> float | None:
+        return sample[a]["chars_per_s"] / sample[b]["chars_per_s"] if a in sample and b in sample else None
+
+    streams = max((s["streams"] for v in sampling.values() for s in v), default=1)
+    sample_ratios = {
+        "charlm stateful x1 / torch stateful x1": ratio("charlm stateful x1", "torch stateful x1"),
+        f"charlm stateful x{streams} / torch stateful x{streams}":
+            ratio(f"charlm stateful x{streams}", f"torch stateful x{streams}"),
+        "charlm window x1 / keras predict-loop x1": ratio("charlm window x1", "keras predict-loop x1"),
+        "charlm stateful x1 / keras predict-loop x1": ratio("charlm stateful x1", "keras predict-loop x1"),
+    }
+    errors = [{k: r[k] for k in ("impl", "task", "error", "args")} for r in raw if "error" in r]
+    return {"matmul_gflops": ceiling, "train": train, "sample": sample,
+            "sample_ratios": {k: v for k, v in sample_ratios.items() if v is not None}, "errors": errors}
+
+
+def fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(summary: dict, mem: list[dict]) -> str:
+    out = []
+    if summary["train"] and any(v["impls"] for v in summary["train"].values()):
+        out.append(f"training, median over rounds (XLA f32 matmul ceiling: {fmt(summary['matmul_gflops'], '.1f')} "
+                   "GFLOP/s); ratios = charlm throughput / peer throughput")
+        out.append(f"{'setup':12s} {'impl':11s} {'step ms':>8s} {'windows/s':>10s} {'target ch/s':>11s} "
+                   f"{'1st step s':>10s} {'epoch s':>8s} {'GFLOP/s':>8s} {'% ceil':>7s} {'RSS MB':>7s} {'busy':>5s}")
+        for name, t in summary["train"].items():
+            for impl, r in t["impls"].items():
+                pct = None if r["matmul_fraction"] is None else 100 * r["matmul_fraction"]
+                out.append(f"{name:12s} {impl:11s} {1000 * r['step_s']:8.1f} {r['windows_per_s']:10.0f} "
+                           f"{r['target_chars_per_s']:11.0f} {r['compile_s']:10.2f} {r['epoch_s']:8.0f} "
+                           f"{r['gflops']:8.2f} {fmt(pct, '6.1f'):>7s} {r['peak_rss_mb']:7.0f} {r['other_cores']:5.2f}")
+            if t["throughput_ratios"]:
+                out.append(f"{'':12s} " + "  ".join(f"{k} {v:.2f}x" for k, v in t["throughput_ratios"].items()))
+    if summary["sample"]:
+        out.append("\nsampling (argmax; stateful times include the 100-char prime)")
+        out.append(f"{'sampler':32s} {'chars':>6s} {'chars/s':>10s} {'1st call s':>10s} {'busy':>5s}")
+        for name, s in summary["sample"].items():
+            out.append(f"{name:32s} {s['chars']:6d} {s['chars_per_s']:10.0f} {s['first_s']:10.2f} "
+                       f"{s['other_cores']:5.2f}")
+        out += [f"  {k}: {v:.2f}x" for k, v in summary["sample_ratios"].items()]
+    if mem:
+        out.append("\npeak RSS of train.py --epochs 1 --max-time M --no-strip vs corpus size")
+        out.append(f"{'text MB':>8s} {'peak RSS MB':>12s} {'RSS MB/text MB':>15s} {'slope MB/MB':>12s} "
+                   f"{'wall s':>7s} {'steps':>6s}  status")
+        for m in mem:
+            status = "ok" if m["rc"] == 0 else ("TIMED OUT" if m["timed_out"] else f"FAILED (exit {m['rc']})")
+            out.append(f"{m['corpus_mb']:8.1f} {m['peak_rss_mb']:12.0f} {m['rss_mb_per_text_mb']:15.1f} "
+                       f"{fmt(m.get('slope_mb_per_text_mb'), '12.1f'):>12s} {m['wall_s']:7.1f} "
+                       f"{fmt(m['steps'], '6d'):>6s}  {status}")
+    busy = [r["other_cores"] for t in summary["train"].values() for r in t["impls"].values()]
+    busy += [s["other_cores"] for s in summary["sample"].values()]
+    if busy:
+        out.append(f"\nbusy = the most CPU (cores) other processes used during a row's runs; max {max(busy):.2f}"
+                   + (": ABOVE 0.1, the timings are disturbed, rerun on an idle machine" if max(busy) > 0.1 else ""))
+    out += [f"\nFAILED: {e['impl']} {e['task']} {' '.join(e['args'][1:])}: {e['error']}" for e in summary["errors"]]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=["cpu"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="a few steps and chars, tiny corpora: a ~2-minute smoke test")
+    p.add_argument("--text", default=DEFAULT_TEXT, help="the book (default: %(default)s)")
+    p.add_argument("--out", help="JSON results (default: bench/results/cpu.json, or cpu-quick.json with --quick)")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)")
+    p.add_argument("--impls", nargs="+", choices=list(PEERS), default=list(PEERS), help="implementations to time")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3; 1 with --quick)")
+    p.add_argument("--memory-mb", type=float, nargs="+", help="corpus sizes for the RSS part (default: 1 10 100)")
+    args = p.parse_args()
+    s = dict(QUICK if args.quick else FULL)
+    s.update({k: v for k, v in (("rounds", args.rounds), ("memory_mb", args.memory_mb)) if v is not None})
+    text = str(Path(args.text).resolve())
+    out = Path(args.out or REPO / "bench" / "results" / ("cpu-quick.json" if args.quick else "cpu.json"))
+
+    raw = []
+    jobs = schedule(args.only, args.impls)
+    for rnd in range(s["rounds"] if jobs else 0):
+        for impl, task, setup in jobs:
+            print(f"round {rnd + 1}/{s['rounds']}: {impl} {task} {setup or ''}", file=sys.stderr, flush=True)
+            raw.append({"round": rnd + 1, **run_peer(impl, peer_args(task, setup, s, text), s["timeout"])})
+    mem = (memory.measure(text, s["memory_mb"], s["memory_minutes"], REPO, s["timeout"],
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+           if "memory" in args.only else [])
+    summary = summarize(raw)
+    results = {"suite": args.suite, "quick": args.quick, "settings": s,
+               "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count(), "python": platform.python_version()},
+               "summary": summary, "memory": mem, "raw": raw}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(table(summary, mem))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
