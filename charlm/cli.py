@@ -8,11 +8,15 @@ JAX is imported only after the arguments are parsed, so --help and flag errors a
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES, PRESETS, WINDOWINGS,
+from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES, PRECISIONS, PRESETS,
+                           WINDOWINGS,
                            make_run_config)
+from charlm.corpus import ERRORS
 from charlm.errors import CharlmError
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +30,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _add_encoding_args(group) -> None:
+    group.add_argument("--encoding", default="utf-8", metavar="ENC",
+                       help="encoding of the text file, any Python codec name: latin-1, cp1252, utf-16, "
+                            "utf-8-sig (default: %(default)s)")
+    group.add_argument("--errors", default="strict", choices=ERRORS,
+                       help="undecodable bytes: strict refuses the file, replace puts U+FFFD in their place, "
+                            "ignore drops them (default: %(default)s)")
+
+
+def _argv_text(value: str) -> str:
+    """A text argument as UTF-8 whatever the locale: under a C/ASCII locale Python keeps the
+    bytes it cannot decode as surrogate escapes, which name no real char."""
+    if not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    try:
+        return os.fsencode(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 def _preset_default(section: str, name: str) -> str:
     value = getattr(getattr(make_run_config(DEFAULT_PRESET), section), name)
     return f"(default: {value}, from --preset {DEFAULT_PRESET})"
@@ -37,10 +61,12 @@ def train_parser() -> argparse.ArgumentParser:
                        "python train.py --text mybook.txt --epochs 5")
     src = p.add_argument_group("text")
     src.add_argument("--text", metavar="FILE",
-                     help="UTF-8 text to train on (default: ./wonderland.txt if present, else Gutenberg book 11)")
+                     help="text file to train on, UTF-8 unless --encoding says otherwise "
+                          "(default: ./wonderland.txt if present, else Gutenberg book 11)")
     src.add_argument("--gutenberg", type=int, metavar="ID",
                      help="download Project Gutenberg book ID once into the user cache and train on it "
                           "(default: none; book 11 when neither --text nor ./wonderland.txt is there)")
+    _add_encoding_args(src)
     src.add_argument("--no-lowercase", dest="lowercase", action="store_false", default=None,
                      help="keep case (default: lowercase, as the tutorial)")
     src.add_argument("--no-strip", dest="strip", action="store_false", default=None,
@@ -74,6 +100,9 @@ def train_parser() -> argparse.ArgumentParser:
                      help=f"scaled: id/vocab as one float (tutorial); onehot; embed {_preset_default('model', 'input_encoding')}")
     net.add_argument("--embed-dim", type=int, help=f"embedding width for --input-encoding embed {_preset_default('model', 'embed_dim')}")
     net.add_argument("--cell", choices=CELLS, help=f"recurrent cell {_preset_default('model', 'cell')}")
+    net.add_argument("--precision", choices=PRECISIONS,
+                     help=f"bfloat16: LSTM recurrent matmuls in bf16 with float32 state and loss (faster on "
+                          f"CPUs with AVX512-BF16 and on GPUs) {_preset_default('model', 'precision')}")
     net.add_argument("--input-dropout", type=float,
                      help=f"dropout on the inputs (tutorial extension 6) {_preset_default('model', 'input_dropout')}")
     opt = p.add_argument_group("training")
@@ -93,13 +122,17 @@ def train_parser() -> argparse.ArgumentParser:
                           "usual best-checkpoint logic (default: no limit)")
     opt.add_argument("--seed", type=int, help=f"seed for init, dropout and shuffling {_preset_default('train', 'seed')}")
     opt.add_argument("--ckpt-dir", default="checkpoints", help="where the best checkpoint goes (default: %(default)s)")
+    opt.add_argument("--data-parallel", action=argparse.BooleanOptionalAction, default=None,
+                     help="split each batch over all local devices (jax.sharding); default: on when "
+                          "several devices are visible and --batch-size divides evenly")
     opt.add_argument("--resume", action="store_true",
-                     help="continue from the best checkpoint in --ckpt-dir (default: off; a directory that "
-                          "already holds a checkpoint is refused without it)")
+                     help="continue exactly where the run in --ckpt-dir stopped (its last checkpoint: same batch, "
+                          "data order and dropout keys), or after its best epoch if there is no last one "
+                          "(default: off; a directory that already holds a checkpoint is refused without it)")
     return p
 
 
-_NOT_CONFIG = ("text", "gutenberg", "preset", "ckpt_dir", "resume")
+_NOT_CONFIG = ("text", "gutenberg", "encoding", "errors", "preset", "ckpt_dir", "resume", "data_parallel")
 
 
 def run_config_from_args(args: argparse.Namespace):
@@ -108,19 +141,26 @@ def run_config_from_args(args: argparse.Namespace):
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
+    _prepare_process()
     args = train_parser().parse_args(argv)
 
     def run() -> None:
         cfg = run_config_from_args(args)
         from charlm.corpus import read_text, resolve_corpus
-        from charlm.trainer import train
 
         path = resolve_corpus(args.text, args.gutenberg)
-        raw = read_text(path)
-        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path.resolve()))
+        raw = read_text(path, args.encoding, args.errors)
+        # Imported after the text is read, so a bad file fails before JAX loads.
+        from charlm.trainer import train
+
+        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path.resolve()),
+                       data_parallel=args.data_parallel)
         if result.best_path is not None:
             print(f"Best checkpoint: {result.best_path} (loss {result.best_loss:.4f}); "
                   f"sample with: python sample.py --ckpt {args.ckpt_dir}")
+        if result.interrupted is not None:  # the shell's convention: 128 + the signal (130 SIGINT, 143 SIGTERM)
+            return 128 + result.interrupted
+        return 0
 
     return _guarded("train.py", run)
 
@@ -130,7 +170,8 @@ def sample_parser() -> argparse.ArgumentParser:
                 epilog="Examples:  python sample.py --ckpt checkpoints  |  "
                        "python sample.py --ckpt checkpoints --temperature 0.8 --prime 'alice was'")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
-    p.add_argument("--prime", help="text to start from (default: a random seed window stored in the checkpoint)")
+    p.add_argument("--prime", type=_argv_text,
+                   help="text to start from (default: a random seed window stored in the checkpoint)")
     p.add_argument("--length", type=int, default=1000, help="chars to generate (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 takes the most likely char (the tutorial's argmax); >0 samples (default: %(default)s)")
@@ -144,6 +185,7 @@ def sample_parser() -> argparse.ArgumentParser:
 
 
 def sample_main(argv: Sequence[str] | None = None) -> int:
+    _prepare_process()
     args = sample_parser().parse_args(argv)
 
     def run() -> None:
@@ -171,8 +213,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m charlm.evaluate", description="Score a text with a checkpoint: nats/char, "
                 "bits/char and perplexity, each char predicted from its preceding context.")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
-    p.add_argument("--text", metavar="FILE", help="UTF-8 text to score, cleaned as in training "
+    p.add_argument("--text", metavar="FILE", help="text file to score (UTF-8 unless --encoding), cleaned as in training "
                    "(default: the checkpoint's training text, if that file is still there)")
+    _add_encoding_args(p)
     p.add_argument("--val-frac", type=float, default=0.0,
                    help="score only this contiguous tail, after warming up on the text before it "
                         "(default: %(default)s, the whole text)")
@@ -188,6 +231,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    _prepare_process()
     args = evaluate_parser().parse_args(argv)
 
     def run() -> None:
@@ -197,7 +241,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
         report = evaluate_checkpoint(args.ckpt, args.text, val_frac=args.val_frac, metric=args.metric,
                                      dynamic=args.dynamic, dynamic_lr=args.dynamic_lr,
-                                     dynamic_segment=args.dynamic_segment)
+                                     dynamic_segment=args.dynamic_segment, encoding=args.encoding,
+                                     errors=args.errors)
         if args.json:
             print(json.dumps(report))
             return
@@ -210,20 +255,37 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return _guarded("charlm.evaluate", run)
 
 
-def _guarded(prog: str, run: Callable[[], None]) -> int:
-    """Runs a CLI body, turning bad input into one stderr line and an exit code."""
-    for stream in (sys.stdout, sys.stderr):  # UTF-8 output whatever the terminal's locale
+def _ignore_orbax_teardown(unraisable, previous: Callable) -> None:
+    # A failed orbax restore closes its event loop while other tensorstore reads are still in
+    # flight: their callbacks then raise "Event loop is closed" in tensorstore's threads, and the
+    # abandoned orbax coroutines report their own errors when collected. Python would print
+    # each as a traceback after the one-line error.
+    e, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+    if not (closed_loop or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+        previous(unraisable)
+
+
+def _prepare_process() -> None:
+    """UTF-8 output whatever the terminal's locale (before argparse, whose messages quote the user),
+    and no stray tracebacks from orbax's threads."""
+    for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8", errors="replace")
+    if getattr(sys.unraisablehook, "func", None) is not _ignore_orbax_teardown:
+        sys.unraisablehook = functools.partial(_ignore_orbax_teardown, previous=sys.unraisablehook)
+
+
+def _guarded(prog: str, run: Callable[[], int | None]) -> int:
+    """Runs a CLI body, turning bad input into one stderr line and an exit code."""
     try:
-        run()
+        return run() or 0
     except CharlmError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
 
 
 def train_entry() -> None:

@@ -1,4 +1,4 @@
-"""Getting the book: read a UTF-8 file or download a Project Gutenberg book once, then clean it.
+"""Getting the book: read a text file (UTF-8 by default) or download a Project Gutenberg book once, then clean it.
 
 Pure functions except for the file and network I/O, which stays in `read_text` and
 `download_gutenberg`. Every failure a user can cause is a one-line `CharlmError`.
@@ -6,6 +6,7 @@ Pure functions except for the file and network I/O, which stays in `read_text` a
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import http.client
 import os
@@ -26,12 +27,58 @@ CACHE_DIR_ENV = "CHARLM_CACHE_DIR"
 
 # Both marker styles: "*** START OF THIS PROJECT GUTENBERG EBOOK X ***" (older) and
 # "*** START OF THE PROJECT GUTENBERG EBOOK X ***" (newer), with their END twins.
-_START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
-_END = re.compile(r"^\*{3}\s*END OF (?:THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
+_START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE | re.IGNORECASE)
+_END = re.compile(r"^\*{3}\s*END OF (?:THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE | re.IGNORECASE)
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """Reads a UTF-8 text file, failing with a message that says what is wrong with it."""
+ERRORS = ("strict", "replace", "ignore")  # what to do with bytes the encoding cannot decode
+_SNIFF_CHARS = 8192      # chars at the start of a text whose control chars are counted
+_MAX_CONTROL_SHARE = 0.1  # more control chars than this (tabs and newlines aside) means binary
+
+
+def binary_reason(data: bytes, text: str) -> str | None:
+    """Why `data`, decoded as `text`, looks like a binary file rather than text, or None if it does not.
+
+    Any NUL char (git's test for binary files), or too many control chars in the first 8,192.
+    """
+    if "\x00" in text:  # checked on the text: UTF-16 and UTF-32 text has NUL bytes but no NUL chars
+        return f"a NUL byte at offset {data.find(0)}"
+    head = text[:_SNIFF_CHARS]
+    controls = sum(1 for c in head if unicodedata.category(c) == "Cc" and c not in "\t\n\r\f\v")
+    if controls > _MAX_CONTROL_SHARE * len(head):
+        return f"{controls} of its first {len(head)} chars are control chars"
+    return None
+
+
+def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Decodes the bytes of text file `name`, refusing binary data and naming the first bad byte."""
+    if errors not in ERRORS:
+        raise CharlmError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+    try:
+        # Lenient first, so a binary file is called binary rather than badly encoded.
+        text = data.decode(encoding, "replace" if errors == "strict" else errors)
+    except LookupError:  # unknown codecs and bytes-to-bytes ones such as base64
+        raise CharlmError(f"unknown text encoding {encoding!r} (try utf-8, latin-1, cp1252, utf-16)") from None
+    reason = binary_reason(data, text)
+    if reason:
+        raise CharlmError(f"{name} looks like a binary file, not text ({reason}); pass a plain text file, "
+                          f"or --encoding if it is text in an encoding such as utf-16")
+    if errors == "strict" and "\ufffd" in text:  # a replaced byte, or a genuine U+FFFD in valid text
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError as e:
+            shown = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+            raise CharlmError(f"{name} is not valid {shown} (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                              f"pass --encoding ENC if it is in another encoding (e.g. latin-1, cp1252), "
+                              f"or --errors replace to replace the undecodable bytes") from None
+    return text
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Reads a text file (UTF-8 unless told otherwise), failing with a message that says what is wrong with it.
+
+    `errors` is Python's: strict (refuse undecodable bytes), replace (with U+FFFD) or ignore (drop them).
+    """
     path = Path(path)
     if not path.exists():
         raise CharlmError(f"text file not found: {path}")
@@ -43,11 +90,7 @@ def read_text(path: str | os.PathLike) -> str:
         raise CharlmError(f"cannot read text file {path}: {e.strerror}") from None
     if not data:
         raise CharlmError(f"text file is empty: {path}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CharlmError(f"text file {path} is not valid UTF-8 (byte 0x{data[e.start]:02x} "
-                          f"at offset {e.start})") from None
+    return decode_text(data, f"text file {path}", encoding, errors)
 
 
 def normalize_newlines(text: str) -> str:

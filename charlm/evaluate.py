@@ -178,13 +178,13 @@ def tail_nll(params, cfg: ModelConfig, tokens: np.ndarray, split: int, seq_lengt
 
 def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: float = 0.0, metric: str = "stream",
                         dynamic: bool = False, dynamic_lr: float | None = None,
-                        dynamic_segment: int | None = None) -> dict:
+                        dynamic_segment: int | None = None, encoding: str = "utf-8", errors: str = "strict") -> dict:
     """Scores a text file with the checkpoint under `ckpt`, as the evaluate CLI reports it.
 
     Returns {nats_per_char, bits_per_char, perplexity, chars, metric, text, scored} and, with
-    `dynamic`, a "dynamic" dict of the same four figures.
+    `dynamic`, a "dynamic" dict of the same four figures. `encoding` and `errors` are read_text's.
     """
-    from charlm.checkpoint import restore
+    from charlm.checkpoint import config_from_meta, read_meta, restore
     from charlm.corpus import clean_text, read_text
 
     if not 0.0 <= val_frac < 1.0:
@@ -194,13 +194,15 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
     for name, value in (("--dynamic-lr", dynamic_lr), ("--dynamic-segment", dynamic_segment)):
         if value is not None and value <= 0:
             raise CharlmError(f"{name} must be positive, got {value!r}")
-    state, cfg, vocab, meta = restore(ckpt)
+    meta = read_meta(ckpt)  # the text is read and checked before the arrays are loaded
+    cfg, vocab = config_from_meta(meta)
     if text_path is None:
         text_path = meta.get("corpus", {}).get("source") or None
         if not text_path:
             raise CharlmError("pass --text FILE: the checkpoint does not record its training text")
     d = cfg.data
-    text = clean_text(read_text(text_path), lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
+    raw = read_text(text_path, encoding, errors)
+    text = clean_text(raw, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
     missing = vocab.unknown_chars(text)
     if missing:
         raise CharlmError(f"the text has {len(missing)} char(s) the model never saw: "
@@ -209,6 +211,7 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
     split = split_point(len(tokens), val_frac) if val_frac > 0 else 0
     if len(tokens) - split < 2:
         raise CharlmError(f"the text has {len(tokens) - split} char(s) to score; need at least 2")
+    state = restore(ckpt)[0]
     nll = tail_nll(state.params, cfg.model, tokens, split, d.seq_length, metric)
     if len(nll) == 0:
         raise CharlmError(f"the text is shorter than one {d.seq_length}-char window")

@@ -6,10 +6,13 @@ Metrics are pulled from the device only when shown (every few steps and at epoch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +110,16 @@ def summary_lines(corpus: Corpus, cfg: RunConfig) -> list[str]:
 
 
 def epoch_batches(corpus: Corpus, cfg: RunConfig, starts: np.ndarray, lengths: np.ndarray | None,
-                  epoch: int) -> Iterator[dict]:
-    """The batches of one epoch: shuffled windows, or streams in order."""
+                  epoch: int, skip: int = 0) -> Iterator[dict]:
+    """The batches of one epoch (shuffled windows, or streams in order), after the first `skip`.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches."""
     T, B = cfg.data.seq_length, cfg.train.batch_size
     if cfg.data.stateful:
-        for row in starts:
+        for row in starts[skip:]:
             yield gather_batch(corpus.tokens, row, T)
         return
-    order = shuffled(np.arange(len(starts)), cfg.train.seed, epoch)
+    order = shuffled(np.arange(len(starts)), cfg.train.seed, epoch)[skip * B:]
     for idx in batch_starts(order, B):
         yield gather_batch(corpus.tokens, starts[idx], T, B, None if lengths is None else lengths[idx])
 
@@ -125,27 +130,104 @@ class TrainResult:
     best_loss: float
     history: list[dict]
     best_path: Path | None
+    interrupted: int | None = None  # the signal that stopped training (SIGINT, SIGTERM), if any
+
+
+@dataclass
+class Position:
+    """Where a run is, to the batch: stored in the `last` checkpoint so --resume goes on exactly there.
+
+    The loss sums are the running float32 sums of the epoch in progress, so its reported loss
+    is the same whether or not the run was interrupted."""
+
+    epoch: int                   # the epoch in progress, 1-based
+    batch: int = 0               # batches of it already done
+    loss_sum: float = 0.0        # sum of loss * count over those batches
+    count: float = 0.0           # scored chars in them
+    chars: int = 0               # input chars in them
+    best_loss: float = math.inf  # the best monitored loss so far
+    elapsed: float = 0.0         # training seconds used so far (the --max-time budget)
+    fitted_steps: int | None = None  # the lr schedule's horizon once fitted to --max-time
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["best_loss"] = None if math.isinf(self.best_loss) else self.best_loss  # JSON has no inf
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Position:
+        try:
+            pos = cls(**{**d, "best_loss": math.inf if d.get("best_loss") is None else d["best_loss"]})
+        except TypeError as e:
+            raise CharlmError(f"the last checkpoint's position is malformed: {e}") from None
+        if not (isinstance(pos.epoch, int) and pos.epoch >= 1 and isinstance(pos.batch, int) and pos.batch >= 0):
+            raise CharlmError(f"the last checkpoint's position is malformed: {d}")
+        return pos
 
 
 @dataclass(frozen=True)
 class EpochStats:
     loss: float      # mean train loss over the scored chars
-    steps: int
-    chars: int       # input chars processed
+    steps: int       # steps run in this call
+    chars: int       # input chars processed in this call
     stopped: bool    # the time budget ran out before the epoch ended
+    signal: int | None = None  # a stop signal arrived; the epoch is unfinished
+
+
+class StopRequests:
+    """Turns SIGINT (Ctrl-C) and SIGTERM into a request that the loop honours after the current step.
+
+    A second signal while the first is handled (a save in progress, say) aborts at once with
+    KeyboardInterrupt; the orbax saves are atomic, so the checkpoints on disk stay readable.
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class Diverged(CharlmError):
+    pass
 
 
 def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropout_rng: jax.Array, steps: int,
-              desc: str, progress: bool | None, deadline: float = math.inf) -> tuple[TrainState, EpochStats]:
-    """One pass over `batches`, stopping early after the step that crosses `deadline`."""
+              desc: str, progress: bool | None, deadline: float = math.inf, *, position: Position | None = None,
+              carry=None, stop: StopRequests | None = None, place: Callable = lambda tree: tree):
+    """One pass over `batches`, stopping early after the step that crosses `deadline` or when `stop` has
+    a signal. Starts from `position`'s running sums and the stateful `carry`, if given.
+
+    Returns (state, stats, position after the last step run, carry). The running loss is checked for
+    NaN/inf every PROGRESS_EVERY steps; a non-finite one raises Diverged before anything is saved.
+    """
+    position = position or Position(epoch=0)
     objective = cfg.data.objective
-    carry = zero_carry(cfg.model, cfg.train.batch_size) if cfg.data.stateful else None
+    if cfg.data.stateful and carry is None:
+        carry = place(zero_carry(cfg.model, cfg.train.batch_size))
     t0 = time.perf_counter()
-    total, count, chars = jnp.zeros(()), jnp.zeros(()), 0
-    bar = tqdm(total=steps, desc=desc, unit="step", file=sys.stderr, leave=False,
+    total, count = jnp.asarray(position.loss_sum, jnp.float32), jnp.asarray(position.count, jnp.float32)
+    chars = 0
+    bar = tqdm(total=steps, initial=position.batch, desc=desc, unit="step", file=sys.stderr, leave=False,
                disable=None if progress is None else not progress)
     stopped, i = False, -1
     for i, batch in enumerate(batches):
+        batch = place(batch)
         if cfg.data.stateful:
             state, metrics, carry = stateful_train_step(state, batch, dropout_rng, carry, objective=objective)
         else:
@@ -154,16 +236,34 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
         total, count = total + metrics["loss"] * metrics["count"], count + metrics["count"]
         chars += batch["inputs"].size
         bar.update(1)
-        if (i + 1) % PROGRESS_EVERY == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{float(total / count):.4f}", chars_s=f"{chars / (time.perf_counter() - t0):,.0f}")
+        if (i + 1) % PROGRESS_EVERY == 0:
+            running = float(total / jnp.maximum(count, 1.0))
+            if not math.isfinite(running):
+                raise Diverged(f"step {int(state.step)}")
+            if not bar.disable:
+                bar.set_postfix(loss=f"{running:.4f}", chars_s=f"{chars / (time.perf_counter() - t0):,.0f}")
+        if stop is not None and stop.signal is not None:
+            break
         if time.monotonic() >= deadline:
             stopped = True
             break
     bar.close()
-    return state, EpochStats(float(total / jnp.maximum(count, 1.0)), i + 1, chars, stopped)
+    loss = float(total / jnp.maximum(count, 1.0))
+    if not math.isfinite(loss):
+        raise Diverged(f"step {int(state.step)}")
+    after = dataclasses.replace(position, batch=position.batch + i + 1, loss_sum=float(total), count=float(count),
+                                chars=position.chars + chars)
+    signum = stop.signal if stop is not None else None
+    return state, EpochStats(loss, i + 1, chars, stopped, signum), after, carry
 
 
 def _check_writable(run_dir: Path) -> None:
+    """Fails before any work when the checkpoints could not be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharlmError(f"checkpoint directory {run_dir} is a file, not a directory")
+    for slot in (checkpoint.BEST, checkpoint.LAST):
+        if (run_dir / slot).exists() and not (run_dir / slot).is_dir():
+            raise CharlmError(f"checkpoint directory {run_dir} is damaged: {run_dir / slot} is a file")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -173,46 +273,94 @@ def _check_writable(run_dir: Path) -> None:
         raise CharlmError(f"checkpoint directory {run_dir} is not writable: {e.strerror}") from None
 
 
-def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, total_steps: int):
-    """Checks a --resume against the checkpoint in run_dir; returns (state, epoch, best loss)."""
-    meta = checkpoint.read_meta(run_dir)
+def _check_same_run(meta: dict, cfg: RunConfig, corpus: Corpus, where: Path) -> None:
+    """Refuses a --resume whose text, vocabulary, model or data settings differ from the checkpoint's."""
     saved_cfg, saved_vocab = checkpoint.config_from_meta(meta)
     if saved_vocab != corpus.vocab:
         added, dropped = corpus.vocab.unknown_chars(saved_vocab.chars), saved_vocab.unknown_chars(corpus.vocab.chars)
         raise CharlmError(f"cannot resume: the text's vocabulary differs from the checkpoint's "
                           f"(only in checkpoint: {''.join(added)!r}; only in text: {''.join(dropped)!r})")
+    saved_print = (meta.get("corpus") or {}).get("fingerprint")
+    if saved_print is not None and saved_print != fingerprint(corpus.text):
+        raise CharlmError(f"cannot resume: the text differs from the one the checkpoint in {where} was trained on "
+                          f"(fingerprint "
+                          f"{saved_print[:12]} vs {fingerprint(corpus.text)[:12]}; it came from "
+                          f"{(meta.get('corpus') or {}).get('source') or 'an unrecorded source'})")
     # The model, the data and its split, and the optimizer's structure must match; the epoch
     # count, lr, schedule and time budget may change.
     diff = [f"{f.name} {getattr(old, f.name)!r} -> {getattr(new, f.name)!r}"
             for old, new in ((saved_cfg.model, cfg.model), (saved_cfg.data, cfg.data))
             for f in dataclasses.fields(new) if getattr(old, f.name) != getattr(new, f.name)]
-    if (saved_cfg.train.clip_norm is None) != (cfg.train.clip_norm is None):
-        diff.append(f"clip_norm {saved_cfg.train.clip_norm!r} -> {cfg.train.clip_norm!r}")
+    for name in ("clip_norm", "seed", "batch_size"):
+        old, new = getattr(saved_cfg.train, name), getattr(cfg.train, name)
+        if (old is None) != (new is None) if name == "clip_norm" else old != new:
+            diff.append(f"{name} {old!r} -> {new!r}")
     if diff:
         raise CharlmError(f"cannot resume: the config differs from the checkpoint's ({'; '.join(diff)})")
-    if meta["epoch"] >= cfg.train.epochs:
-        raise CharlmError(f"checkpoint in {run_dir} already has {meta['epoch']} epochs; "
-                          f"pass --epochs greater than that to train on")
+
+
+def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus):
+    """Checks a --resume against the checkpoints in run_dir.
+
+    Returns (state, position, stateful carry or None, lr horizon or None) from the `last` checkpoint
+    when there is one (exactly where the run stopped), else from the best one (the epoch after it).
+    """
+    last = checkpoint.find_last(run_dir)
+    if last is not None:
+        meta = checkpoint.read_meta(last)
+        _check_same_run(meta, cfg, corpus, run_dir)
+        position = Position.from_dict(meta.get("position") or {})
+        template = zero_carry(cfg.model, cfg.train.batch_size) if cfg.data.stateful else None
+        state, _, _, restored = checkpoint.restore(last, template)
+        return state, position, restored["carry"], position.fitted_steps
+    meta = checkpoint.read_meta(run_dir)
+    _check_same_run(meta, cfg, corpus, run_dir)
     state, _, _, _ = checkpoint.restore(run_dir)
-    # The optimizer state's structure is the same; the lr schedule's horizon is this run's.
-    return state.replace(tx=make_optimizer(cfg, total_steps)), meta["epoch"], float(meta["loss"])
+    return state, Position(epoch=meta["epoch"] + 1, best_loss=float(meta["loss"])), None, None
+
+
+def _data_parallel_placement(cfg: RunConfig, data_parallel: bool | None):
+    """(put the state, put a batch or carry) for training over all local devices, or identity functions.
+
+    Data parallelism is plain SPMD: the state is replicated, each batch is split along its batch
+    axis over a 1-D mesh, and jit partitions the step; XLA inserts the gradient all-reduce.
+    With None it is on when more than one device is visible."""
+    devices = jax.local_devices()
+    if data_parallel is False or (data_parallel is None and len(devices) == 1):
+        return (lambda tree: tree), (lambda tree: tree), 1
+    B = cfg.train.batch_size
+    if B % len(devices):
+        if data_parallel is None:  # automatic: fall back to one device rather than fail
+            return (lambda tree: tree), (lambda tree: tree), 1
+        raise CharlmError(f"--data-parallel splits each batch over {len(devices)} devices; "
+                          f"--batch-size {B} is not a multiple of {len(devices)}")
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return (lambda tree: jax.device_put(tree, replicated)), (lambda tree: jax.device_put(tree, split)), len(devices)
 
 
 def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
-          source: str = "", log: Callable[[str], None] = print, progress: bool | None = None) -> TrainResult:
-    """Trains on `raw_text` as configured, keeping the best checkpoint in `run_dir`.
+          source: str = "", log: Callable[[str], None] = print, progress: bool | None = None,
+          data_parallel: bool | None = None, handle_signals: bool = True) -> TrainResult:
+    """Trains on `raw_text` as configured, keeping the best checkpoint and the last state in `run_dir`.
 
     Args:
       raw_text: the book as read from disk; cleaned here as cfg.data says.
       cfg: the run config; cfg.model.vocab_size is filled in from the text.
       run_dir: checkpoint directory. Must hold no checkpoint unless `resume`.
-      resume: continue from the best checkpoint in run_dir.
+      resume: continue from the last checkpoint in run_dir (or the best, if there is no last one).
       source: a description of where the text came from, stored in the checkpoint.
       log: where the per-epoch lines go.
       progress: show a tqdm bar (None: only when stderr is a terminal).
+      data_parallel: split each batch over all local devices (None: when there are several).
+      handle_signals: SIGINT/SIGTERM save the `last` checkpoint and return with `interrupted` set.
     The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
-    else the lowest train loss (the tutorial's monitor='loss').
+    else the lowest train loss (the tutorial's monitor='loss'). The `last` checkpoint is written
+    at the end of every epoch and on SIGINT/SIGTERM; --resume continues from it exactly.
     """
+    run_dir = Path(run_dir)
+    _check_writable(run_dir)
     corpus = prepare_corpus(raw_text, cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.vocab.size))
     for line in summary_lines(corpus, cfg):
@@ -221,21 +369,31 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     T, B = cfg.data.seq_length, cfg.train.batch_size
     steps_per_epoch = len(starts) if cfg.data.stateful else math.ceil(len(starts) / B)
     total_steps = steps_per_epoch * cfg.train.epochs
+    place_state, place_batch, n_devices = _data_parallel_placement(cfg, data_parallel)
 
-    run_dir = Path(run_dir)
-    existing = checkpoint.latest_step(run_dir) if run_dir.exists() else None
+    existing = run_dir.exists() and (checkpoint.latest_step(run_dir) or checkpoint.find_last(run_dir))
+    carry = None
     if resume:
-        if existing is None:
+        if not existing:
             raise CharlmError(f"nothing to resume: {run_dir} holds no charlm checkpoint")
-        state, start_epoch, best_loss = _resume_point(run_dir, cfg, corpus, total_steps)
-        log(f"Resuming from epoch {start_epoch} (loss {best_loss:.5f})")
+        state, position, carry, fitted = _resume_point(run_dir, cfg, corpus)
+        if position.epoch > cfg.train.epochs:
+            raise CharlmError(f"checkpoint in {run_dir} already has {position.epoch - 1} epochs; "
+                              f"pass --epochs greater than that to train on")
+        # The optimizer state's structure is the same; the lr schedule's horizon is this run's
+        # (or the one fitted to the time budget, which this run keeps).
+        state = state.replace(tx=make_optimizer(cfg, fitted or total_steps))
+        log(f"Resuming at epoch {position.epoch}, batch {position.batch} of {steps_per_epoch} "
+            f"(step {int(state.step)}; best loss {position.best_loss:.5f})")
     else:
-        if existing is not None:
+        if existing:
             raise CharlmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
                               f"or choose another --ckpt-dir")
         init_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 0)
-        state, start_epoch, best_loss = create_train_state(cfg, init_rng, total_steps), 0, math.inf
-    _check_writable(run_dir)
+        state, position = create_train_state(cfg, init_rng, total_steps), Position(epoch=1)
+        fitted = None
+    state = place_state(state)
+    carry = None if carry is None else place_batch(carry)
     dropout_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
 
     has_val = cfg.data.val_frac > 0
@@ -246,21 +404,47 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                       seed_windows(corpus.train_tokens, T, NUM_SEEDS, cfg.train.seed)],
             "corpus": {"source": source, "chars": len(corpus.tokens), "split": corpus.split,
                        "fingerprint": fingerprint(corpus.text)},
-            "total_steps": total_steps}  # the lr schedule's horizon, so a restored optimizer has it too
+            "total_steps": fitted or total_steps}  # the lr schedule's horizon, so a restored optimizer has it too
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
-        f"{jax.devices()[0].platform.upper()}: {steps_per_epoch} steps/epoch of {B} "
-        f"{'streams' if cfg.data.stateful else 'windows'} x {T} chars, objective {cfg.data.objective}")
+        f"{n_devices} {jax.devices()[0].platform.upper()} device{'s' if n_devices > 1 else ''}: {steps_per_epoch} "
+        f"steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
+        f"objective {cfg.data.objective}")
 
     history: list[dict] = []
     best_path = None
-    started = time.monotonic()
+    started = time.monotonic() - position.elapsed
     deadline = started + 60 * cfg.train.max_time if cfg.train.max_time else math.inf
-    with checkpoint.BestCheckpoint(run_dir) as best:
-        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+    best_loss = position.best_loss
+
+    def save_last(pos: Position, carry_now) -> Path:
+        pos = dataclasses.replace(pos, best_loss=best_loss, elapsed=time.monotonic() - started, fitted_steps=fitted)
+        return checkpoint.save_last(run_dir, state, {**meta, "epoch": pos.epoch - (pos.batch == 0),
+                                                     "loss": best_loss if math.isfinite(best_loss) else 0.0,
+                                                     "position": pos.to_dict()}, carry_now)
+
+    stop_requests = StopRequests() if handle_signals else contextlib.nullcontext()
+    with checkpoint.BestCheckpoint(run_dir) as best, stop_requests as stop:
+        epoch = position.epoch
+        while epoch <= cfg.train.epochs:
             epoch_started = time.monotonic()
-            state, stats = run_epoch(
-                state, epoch_batches(corpus, cfg, starts, lengths, epoch), cfg, dropout_rng, steps_per_epoch,
-                f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline)
+            try:
+                state, stats, position, carry = run_epoch(
+                    state, epoch_batches(corpus, cfg, starts, lengths, epoch, position.batch), cfg, dropout_rng,
+                    steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline,
+                    position=position, carry=carry, stop=stop, place=place_batch)
+            except Diverged as e:
+                best_found, last_found = checkpoint.latest_step(run_dir), checkpoint.find_last(run_dir)
+                kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
+                       ([f"the last one in {last_found}"] if last_found else [])
+                raise CharlmError(f"training diverged at epoch {epoch}, {e} (the loss became NaN or inf); "
+                                  f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
+                                  f"try a lower --lr (now {cfg.train.learning_rate:g}) or --clip-norm 1") from None
+            if stats.signal is not None and position.batch < steps_per_epoch:
+                path = save_last(position, carry)
+                name = signal.Signals(stats.signal).name
+                log(f"{name} received: stopped at epoch {epoch}, batch {position.batch} of {steps_per_epoch} "
+                    f"(step {int(state.step)}) and saved {path}. Resume with the same command plus --resume.")
+                return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
             seconds = time.monotonic() - epoch_started
             loss = stats.loss
             record = {"epoch": epoch, "step": int(state.step), "train_loss": loss, "seconds": seconds,
@@ -286,18 +470,28 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                 log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            if epoch == start_epoch + 2 and deadline < math.inf and cfg.train.lr_schedule != "constant":
+            if epoch == 2 and fitted is None and deadline < math.inf and cfg.train.lr_schedule != "constant":
                 # Fit the decay to the budget: as many steps as the remaining time allows at the
                 # pace of this (compiled, warm) epoch, so the schedule ends when the time does.
                 pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
                 fits = int(state.step) + int((deadline - time.monotonic()) / pace)
                 if fits < total_steps:
+                    fitted = fits
                     state = state.replace(tx=make_optimizer(cfg, fits))
                     meta["total_steps"] = fits
                     log(f"Fitted the {cfg.train.lr_schedule} lr schedule to the time budget: {fits} steps "
                         f"instead of {total_steps}")
+            epoch += 1
+            position = Position(epoch=epoch)
+            carry = None  # a new epoch's streams start from zeros
+            save_last(position, None)
             if stats.stopped:
-                log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch} "
+                log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch - 1} "
                     f"(after {int(state.step)} steps); stopping.")
                 break
+            if stats.signal is not None:  # the signal came with the epoch's last step
+                name = signal.Signals(stats.signal).name
+                log(f"{name} received at the end of epoch {epoch - 1}; saved the last checkpoint. "
+                    f"Resume with the same command plus --resume.")
+                return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
     return TrainResult(state, best_loss, history, best_path)

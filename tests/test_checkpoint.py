@@ -73,8 +73,8 @@ def test_keeps_best_when_a_later_epoch_is_worse(tmp_path, monkeypatch):
     import charlm.trainer as trainer
 
     losses = iter([3.0, 2.0, 2.5])
-    monkeypatch.setattr(trainer, "run_epoch",
-                        lambda state, *args: (state, trainer.EpochStats(next(losses), 1, 10, False)))
+    monkeypatch.setattr(trainer, "run_epoch", lambda state, *args, position, carry, **kw: (
+        state, trainer.EpochStats(next(losses), 1, 10, False), position, carry))
     saved, lines = [], []
     real_save = checkpoint.BestCheckpoint.save
 

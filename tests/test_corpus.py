@@ -49,6 +49,51 @@ def test_read_text_utf8(tmp_path):
     assert corpus.read_text(tmp_path / "u.txt") == "naïve café"
 
 
+def test_read_text_encoding_and_errors(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(CharlmError, match=r"offset 3\); pass --encoding ENC .* or --errors replace"):
+        corpus.read_text(path)
+    assert corpus.read_text(path, encoding="latin-1") == "café au lait"
+    assert corpus.read_text(path, errors="replace") == "caf\ufffd au lait"
+    assert corpus.read_text(path, errors="ignore") == "caf au lait"
+    with pytest.raises(CharlmError, match=r"not valid cp1252"):  # the encoding's own name when it is not UTF-8
+        corpus.decode_text(b"caf\x81", "f", encoding="cp1252")
+
+
+def test_decode_text_keeps_a_genuine_replacement_char():
+    assert corpus.decode_text("a \ufffd b".encode(), "f") == "a \ufffd b"
+
+
+def test_decode_text_bad_encoding_or_errors():
+    for encoding in ("klingon", "base64"):  # unknown, and a bytes-to-bytes codec
+        with pytest.raises(CharlmError, match=f"unknown text encoding '{encoding}'"):
+            corpus.decode_text(b"abc", "f", encoding=encoding)
+    with pytest.raises(CharlmError, match="errors must be one of strict, replace, ignore"):
+        corpus.decode_text(b"abc", "f", errors="surrogateescape")
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a NUL byte at offset 8"),
+    (b"abc caf\xe9" + bytes(20) + b"\xff", "a NUL byte at offset 8"),  # binary, not badly encoded
+    (bytes(range(1, 32)) * 10, "260 of its first 310 chars are control chars"),  # \t\n\v\f\r are not counted
+    ("UTF-16 text".encode("utf-16"), "a NUL byte at offset 3"),
+])
+def test_binary_files_are_refused(data, reason):
+    for errors in corpus.ERRORS:
+        with pytest.raises(CharlmError, match=rf"f looks like a binary file, not text \({reason}.*--encoding"):
+            corpus.decode_text(data, "f", errors=errors)
+
+
+def test_binary_reason_accepts_text_with_whitespace_controls():
+    def reason(text):
+        return corpus.binary_reason(text.encode(), text)
+    assert reason("tabs\tand\r\nnewlines\f\v, 東京 😀") is None
+    assert reason("ok\x1b[1m" + "x" * 100) is None  # an escape or two is still text
+    assert reason("東" * 10_000 + "\x00") == "a NUL byte at offset 30000"  # after 8 KiB too
+    assert corpus.decode_text("UTF-16 text".encode("utf-16"), "f", encoding="utf-16") == "UTF-16 text"
+
+
 @pytest.fixture
 def book_server(gutenberg_server):
     url, put_book, requests = gutenberg_server

@@ -1,0 +1,188 @@
+"""Interruptions and exact resume: SIGINT/SIGTERM/SIGKILL, per-step loss equivalence, divergence, failed saves."""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import charlm.trainer as trainer
+from charlm import checkpoint
+from charlm.config import make_run_config
+from charlm.errors import CharlmError
+from tests.conftest import REPO
+
+STEPS = {name: getattr(trainer, name) for name in ("train_step", "stateful_train_step")}  # the real ones
+BASE = dict(hidden=16, seq_length=10, batch_size=8, epochs=3, dropout=0.2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def text(wonderland_path):
+    return wonderland_path.read_text(encoding="utf-8")[:1500]
+
+
+def tree_hash(path):
+    """A hash of every file under path (names and bytes)."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def recorded_run(monkeypatch, text, run_dir, cfg, *, interrupt_after=None, resume=False):
+    """Trains, recording each step's loss; with interrupt_after=k, sends SIGINT to itself after step k."""
+    losses = []
+    for name, real in STEPS.items():
+        def wrapped(*args, _real=real, **kw):
+            out = _real(*args, **kw)
+            losses.append(float(out[1]["loss"]))
+            if interrupt_after is not None and len(losses) == interrupt_after:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+        monkeypatch.setattr(trainer, name, wrapped)
+    lines = []
+    result = trainer.train(text, cfg, run_dir, resume=resume, log=lines.append, progress=False)
+    return result, losses, lines
+
+
+@pytest.mark.parametrize("mode", [dict(), dict(objective="all", stateful=True, val_frac=0.1)],
+                         ids=["shuffled-windows", "stateful-streams+val"])
+def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, text, tmp_path, mode):
+    cfg = make_run_config(**BASE, **mode)
+    whole, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
+    steps = len(whole_losses)
+    cut = steps // 3 + 2  # in the middle of an epoch
+    first, first_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, interrupt_after=cut)
+    assert first.interrupted == signal.SIGINT and len(first_losses) == cut
+    assert any("SIGINT received" in l and "--resume" in l for l in lines)
+    rest, rest_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, resume=True)
+    assert any(l.startswith("Resuming at epoch") for l in lines)
+    assert first_losses + rest_losses == whole_losses  # bit-exact on CPU
+    for a, b in zip(jax.tree.leaves(rest.state.params), jax.tree.leaves(whole.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert rest.best_loss == whole.best_loss
+
+
+def test_resume_refuses_a_different_text_naming_the_fingerprint(monkeypatch, text, tmp_path):
+    cfg = make_run_config(**{**BASE, "epochs": 1})
+    trainer.train(text, cfg, tmp_path, log=lambda s: None, progress=False)
+    edited = text.replace("alice", "alicf", 1).replace("Alice", "Alicf", 1)
+    with pytest.raises(CharlmError, match=r"the text differs from the one the checkpoint in .* was trained on "
+                                          r"\(fingerprint"):
+        trainer.train(edited, make_run_config(**{**BASE, "epochs": 2}), tmp_path, resume=True,
+                      log=lambda s: None, progress=False)
+
+
+def test_non_finite_loss_stops_with_advice_and_keeps_checkpoints(monkeypatch, text, tmp_path):
+    cfg = make_run_config(**BASE)
+    trainer.train(text, make_run_config(**{**BASE, "epochs": 1}), tmp_path, log=lambda s: None, progress=False)
+    before = tree_hash(tmp_path / "best"), tree_hash(tmp_path / "last")
+    real = STEPS["train_step"]
+
+    def poisoned(state, batch, rng, objective):
+        state, metrics = real(state, batch, rng, objective=objective)
+        return state, {**metrics, "loss": metrics["loss"] * np.nan}
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    with pytest.raises(CharlmError, match=r"diverged at epoch 2, step \d+ .*NaN.*kept the best checkpoint.*"
+                                          r"--lr \(now 0.001\) or --clip-norm"):
+        trainer.train(text, cfg, tmp_path, resume=True, log=lambda s: None, progress=False)
+    assert (tree_hash(tmp_path / "best"), tree_hash(tmp_path / "last")) == before
+
+
+def test_a_failed_save_stops_training_and_keeps_the_previous_best(monkeypatch, text, tmp_path):
+    cfg = make_run_config(**{**BASE, "epochs": 1})
+    trainer.train(text, cfg, tmp_path, log=lambda s: None, progress=False)
+    before = tree_hash(tmp_path / "best")
+    import orbax.checkpoint as ocp
+
+    def disk_full(self, *args, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full)
+    with pytest.raises(CharlmError, match="could not save a checkpoint .*No space left on device.*previous "
+                                          "checkpoints are kept"):
+        trainer.train(text, make_run_config(**{**BASE, "epochs": 2}), tmp_path, resume=True,
+                      log=lambda s: None, progress=False)
+    assert tree_hash(tmp_path / "best") == before
+    checkpoint.restore(tmp_path)  # still readable
+
+
+# --- the real CLI, signalled from outside ---------------------------------------------------------
+
+TRAIN_ARGS = ["--hidden", "16", "--seq-length", "10", "--batch-size", "8", "--seed", "0"]
+
+
+def start_training(text_file, ckpt, epochs, *extra):
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), "--text", str(text_file), "--ckpt-dir", str(ckpt),
+                             "--epochs", str(epochs), *TRAIN_ARGS, *extra], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_line(proc, fragment, timeout=120):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if fragment in line:
+            return seen
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"{fragment!r} never printed; got {''.join(seen)}")
+
+
+@pytest.fixture
+def text_file(tmp_path, text):
+    path = tmp_path / "t.txt"
+    path.write_text(text * 4, encoding="utf-8")  # long enough epochs to be signalled in the middle
+    return path
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_last_checkpoint_exits_128_plus_signal_and_resumes(tmp_path, text_file, sig, code):
+    ckpt = tmp_path / "ck"
+    proc = start_training(text_file, ckpt, 50)
+    wait_for_line(proc, "Epoch 00001:")  # the first epoch ended and saved
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert f"{signal.Signals(sig).name} received" in out and "--resume" in out
+    assert checkpoint.find_last(ckpt) is not None
+    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), "--text", str(text_file), "--ckpt-dir",
+                              str(ckpt), "--epochs", "3", *TRAIN_ARGS, "--resume"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming at epoch" in resumed.stdout
+
+
+def test_sigkill_at_random_points_never_breaks_the_checkpoints(tmp_path, text_file):
+    """Kills training at random moments (some inside a save), checks what is on disk, resumes."""
+    ckpt = tmp_path / "ck"
+    rng = random.Random(0)
+    for attempt in range(4):
+        resume = ["--resume"] if checkpoint.find_last(ckpt) or checkpoint.latest_step(ckpt) else []
+        proc = start_training(text_file, ckpt, 200, *resume)
+        wait_for_line(proc, "Training ")
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.kill()
+        proc.communicate()
+        if checkpoint.latest_step(ckpt):
+            checkpoint.restore(ckpt)  # the best checkpoint is always readable
+        if checkpoint.find_last(ckpt):
+            checkpoint.read_meta(checkpoint.find_last(ckpt))
+    assert checkpoint.find_last(ckpt) is not None, "no epoch finished in four runs; make the kills later"
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "--text", str(text_file), "--ckpt-dir", str(ckpt),
+                           "--epochs", "200", *TRAIN_ARGS, "--resume", "--max-time", "0.05"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sample = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(ckpt), "--length", "20"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0, sample.stderr
