@@ -11,7 +11,7 @@ initialised to 1 as Keras' `unit_forget_bias`), with the four gates fused into o
 Arrays are time-major inside ([T, B, ...]) because the scan runs over time. For the LSTM the
 input part x_t W + b is computed for all T steps at once and the recurrence runs in
 `charlm.recurrence`, whose hand-written backward pass is what makes a train step fast on CPU.
-The GRU keeps a plain scan that JAX differentiates.
+The GRU runs there too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from charlm.config import ModelConfig
-from charlm.recurrence import lstm_recurrence
+from charlm.recurrence import gru_recurrence, lstm_recurrence
 
 # One (c, h) pair per layer, each [B, H].
 Carry = tuple[tuple[jax.Array, jax.Array], ...]
@@ -40,22 +40,7 @@ def _forget_bias_init(hidden: int):
     return init
 
 
-def _lstm_cell(z_Bx4H, c_BxH, h_BxH, hh_Bx4H):
-    i, f, g, o = jnp.split(z_Bx4H + hh_Bx4H, 4, axis=-1)
-    new_c = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return new_c, jax.nn.sigmoid(o) * jnp.tanh(new_c)
-
-
-def _gru_cell(z_Bx3H, c_BxH, h_BxH, hh_Bx3H):
-    """GRU as in char-rnn / cuDNN: the reset gate scales the recurrent part of the candidate."""
-    xr, xu, xn = jnp.split(z_Bx3H, 3, axis=-1)
-    hr, hu, hn = jnp.split(hh_Bx3H, 3, axis=-1)
-    r, u = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xu + hu)
-    new_h = (1 - u) * jnp.tanh(xn + r * hn) + u * h_BxH
-    return new_h, new_h  # a GRU has no cell state; the carry's c slot mirrors h
-
-
-CELLS = {"lstm": (4, _lstm_cell), "gru": (3, _gru_cell)}
+GATES = {"lstm": 4, "gru": 3}  # gate blocks per cell: i, f, g, o and r, u, n
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # ModelConfig.precision -> recurrent matmul dtype
 
 
@@ -73,14 +58,14 @@ class RecurrentLayer(nn.Module):
     cell: str = "lstm"
     lookup: bool = False
     dtype: Any = jnp.float32
-    matmul_dtype: Any = None  # None: dtype; jnp.bfloat16: bf16 recurrent matmuls (LSTM only)
+    matmul_dtype: Any = None  # None: dtype; jnp.bfloat16: bf16 recurrent matmuls
 
     @nn.compact
     def __call__(self, x_TxB_, carry, mask_TxB=None, scale_TxB=None, *, in_features: int):
         """Runs the layer; `scale_TxB` multiplies each step's input projection (input dropout
         on one-hot ids). Returns (final carry, h [T, B, H])."""
         H = self.hidden
-        gates, cell = CELLS[self.cell]
+        gates = GATES[self.cell]
         bias_init = _forget_bias_init(H) if self.cell == "lstm" else nn.initializers.zeros
         W_DxGH = self.param("input_kernel", nn.initializers.glorot_uniform(), (in_features, gates * H), self.dtype)
         U_HxGH = self.param("recurrent_kernel", nn.initializers.orthogonal(), (H, gates * H), self.dtype)
@@ -88,32 +73,18 @@ class RecurrentLayer(nn.Module):
         if self.cell == "gru":  # the recurrent bias sits inside r * (h U + b_h), so it is separate
             bh_GH = self.param("recurrent_bias", nn.initializers.zeros, (gates * H,), self.dtype)
 
-        if self.cell == "lstm":  # the fast recurrence with its own backward pass
-            c0, h0 = carry
-            if not self.lookup:
-                return lstm_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, c0, h0, mask_TxB, self.matmul_dtype)
-            zx_TxBx4H = W_DxGH[x_TxB_]
+        # Float inputs are projected step by step inside the recurrence; one-hot ids are a row
+        # lookup of W done here for all steps (scaled by input dropout), passed in pre-projected.
+        if self.lookup:
+            x_TxB_ = W_DxGH[x_TxB_]
             if scale_TxB is not None:
-                zx_TxBx4H = zx_TxBx4H * scale_TxB[..., None]
-            return lstm_recurrence(zx_TxBx4H + b_GH[None, None, :], None, None, U_HxGH, c0, h0, mask_TxB,
-                                   self.matmul_dtype)
-
-        def step(carry, inputs):
-            c_BxH, h_BxH = carry
-            x_B_, m_B, s_B = inputs
-            xw_BxGH = W_DxGH[x_B_] if self.lookup else x_B_ @ W_DxGH
-            if s_B is not None:
-                xw_BxGH = xw_BxGH * s_B[:, None]
-            hh_BxGH = h_BxH @ U_HxGH
-            if self.cell == "gru":
-                hh_BxGH = hh_BxGH + bh_GH[None, :]
-            new_c, new_h = cell(xw_BxGH + b_GH[None, :], c_BxH, h_BxH, hh_BxGH)
-            if m_B is not None:  # masked steps leave the state as it was
-                keep = m_B[:, None]
-                new_c, new_h = jnp.where(keep, new_c, c_BxH), jnp.where(keep, new_h, h_BxH)
-            return (new_c, new_h), new_h
-
-        return jax.lax.scan(step, carry, (x_TxB_, mask_TxB, scale_TxB))
+                x_TxB_ = x_TxB_ * scale_TxB[..., None]
+            x_TxB_, W_DxGH, b_GH = x_TxB_ + b_GH[None, None, :], None, None
+        c0, h0 = carry
+        if self.cell == "lstm":
+            return lstm_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, c0, h0, mask_TxB, self.matmul_dtype)
+        h, hs = gru_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, bh_GH, h0, mask_TxB, self.matmul_dtype)
+        return (h, h), hs  # a GRU has no cell state; the carry's c slot mirrors h
 
 
 class CharLSTM(nn.Module):

@@ -1,4 +1,4 @@
-"""The LSTM recurrence over a whole window, with a hand-written backward pass.
+"""The LSTM and GRU recurrences over a whole window, with hand-written backward passes.
 
 `lstm_recurrence(x, W, b, U, c0, h0, mask)` runs
   z_t = x_t W + b + h_{t-1} U;  i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of split(z_t)
@@ -22,7 +22,6 @@ matmuls 2-3x faster.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -93,27 +92,41 @@ def _backward(matmul_dtype, residuals, cotangents):
 
     (dc0, dh0), dz_TxBx4H = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, gates, tanh_cs, mask_TxB),
                                          reverse=True)
-    # dU = sum_t h_{t-1}^T dz_t, as one matmul over steps 1..T-1 plus the initial state's term
-    # (no concatenated copy of the h sequence).
-    T, B, G = dz_TxBx4H.shape
-    H = U_Hx4H.shape[0]
-    dU = (_matmul(hs[:-1].reshape(-1, H).T, dz_TxBx4H[1:].reshape(-1, G), matmul_dtype)
-          + _matmul(h0_BxH.T, dz_TxBx4H[0], matmul_dtype)).astype(U_Hx4H.dtype)
-    dmask = None if mask_TxB is None else jnp.zeros(mask_TxB.shape, jax.dtypes.float0)
-    if W_Dx4H is None:  # the caller projected the input: its gradient is dz itself
-        return dz_TxBx4H, None, None, dU, dc0, dh0, dmask
-    D = W_Dx4H.shape[0]
-    dW = x_TxBxD.reshape(-1, D).T @ dz_TxBx4H.reshape(-1, G)
-    dx = (dz_TxBx4H.reshape(-1, G) @ W_Dx4H.T).reshape(T, B, D)
-    return dx, dW, dz_TxBx4H.sum(axis=(0, 1)), dU, dc0, dh0, dmask
+    dU = _recurrent_weight_grad(h0_BxH, hs, dz_TxBx4H, matmul_dtype).astype(U_Hx4H.dtype)
+    return (*_input_grads(x_TxBxD, W_Dx4H, dz_TxBx4H), dU, dc0, dh0, _mask_grad(mask_TxB))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _recurrence(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dtype):
-    return _forward(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dtype)[0]
+def _recurrent_weight_grad(h0_BxH, hs_TxBxH, dz_TxBxG, matmul_dtype):
+    """sum_t h_{t-1}^T dz_t as one matmul over steps 1..T-1 plus the initial state's term
+    (no concatenated copy of the h sequence)."""
+    H, G = hs_TxBxH.shape[-1], dz_TxBxG.shape[-1]
+    return (_matmul(hs_TxBxH[:-1].reshape(-1, H).T, dz_TxBxG[1:].reshape(-1, G), matmul_dtype)
+            + _matmul(h0_BxH.T, dz_TxBxG[0], matmul_dtype))
 
 
-_recurrence.defvjp(_forward, _backward)
+def _input_grads(x_TxBxD, W_DxG, dz_TxBxG):
+    """(dx, dW, db) of the input part x W + b, given its stacked gradient dz."""
+    if W_DxG is None:  # the caller projected the input: its gradient is dz itself
+        return dz_TxBxG, None, None
+    (T, B, G), D = dz_TxBxG.shape, W_DxG.shape[0]
+    dW = x_TxBxD.reshape(-1, D).T @ dz_TxBxG.reshape(-1, G)
+    dx = (dz_TxBxG.reshape(-1, G) @ W_DxG.T).reshape(T, B, D)
+    return dx, dW, dz_TxBxG.sum(axis=(0, 1))
+
+
+def _mask_grad(mask_TxB):
+    return None if mask_TxB is None else jnp.zeros(mask_TxB.shape, jax.dtypes.float0)
+
+
+def _with_backward(forward, backward):
+    """forward's outputs as a function whose gradient is `backward` (the last argument, the
+    matmul dtype, is static)."""
+    run = jax.custom_vjp(lambda *args: forward(*args)[0], nondiff_argnums=(7,))
+    run.defvjp(forward, backward)
+    return run
+
+
+_recurrence = _with_backward(_forward, _backward)
 
 
 def lstm_recurrence(x_TxBxD: jax.Array, W_Dx4H: jax.Array | None, b_4H: jax.Array | None, U_Hx4H: jax.Array,
@@ -135,3 +148,67 @@ def lstm_recurrence(x_TxBxD: jax.Array, W_Dx4H: jax.Array | None, b_4H: jax.Arra
     """
     hs, c, h = _recurrence(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dtype)
     return (c, h), hs
+
+
+# --- GRU (cuDNN / char-rnn form): the reset gate scales the recurrent part of the candidate ---
+#   zx = x W + b, zh = h U + b_h (each split r, u, n);  r, u = sigmoid(zx_ru + zh_ru)
+#   n = tanh(zx_n + r * zh_n);  h' = (1 - u) * n + u * h
+
+
+def _gru_forward(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_dtype):
+    H = U_Hx3H.shape[0]
+    U = U_Hx3H if matmul_dtype is None else U_Hx3H.astype(matmul_dtype)
+
+    def step(h, inputs):
+        x_t, m_t = inputs
+        zx = _input_part(x_t, W_Dx3H, b_3H)
+        zh = _matmul(h, U, matmul_dtype) + bh_3H[None, :]
+        a = jnp.tanh(0.5 * (zx[:, :2 * H] + zh[:, :2 * H]))  # sigmoid(v) = 0.5 tanh(v / 2) + 0.5
+        r, u = jnp.split(0.5 * a + 0.5, 2, axis=-1)
+        hn = zh[:, 2 * H:]
+        n = jnp.tanh(zx[:, 2 * H:] + r * hn)
+        new_h = (1 - u) * n + u * h
+        if m_t is not None:
+            new_h = jnp.where(m_t[:, None], new_h, h)
+        return new_h, (new_h, jnp.concatenate([r, u, n, hn], axis=-1))
+
+    h, (hs, saved) = jax.lax.scan(step, h0_BxH, (x_TxBxD, mask_TxB))
+    return (hs, h), (x_TxBxD, W_Dx3H, U_Hx3H, h0_BxH, hs, saved, mask_TxB)
+
+
+def _gru_backward(matmul_dtype, residuals, cotangents):
+    x_TxBxD, W_Dx3H, U_Hx3H, h0_BxH, hs, saved, mask_TxB = residuals
+    dhs, dh_last = cotangents
+    Ut = U_Hx3H.T if matmul_dtype is None else U_Hx3H.T.astype(matmul_dtype)
+    h_prev = jnp.concatenate([h0_BxH[None], hs[:-1]], axis=0)
+
+    def step(dh_in, inputs):
+        dh_t, h_p, s, m_t = inputs
+        r, u, n, hn = jnp.split(s, 4, axis=-1)
+        dh = dh_in + dh_t
+        dan = dh * (1 - u) * (1 - n * n)
+        dar = dan * hn * r * (1 - r)
+        dau = dh * (h_p - n) * u * (1 - u)
+        dzx = jnp.concatenate([dar, dau, dan], axis=-1)
+        dzh = jnp.concatenate([dar, dau, dan * r], axis=-1)
+        dh_prev = dh * u + _matmul(dzh, Ut, matmul_dtype)
+        if m_t is not None:  # a masked step passed its input state straight through
+            keep = m_t[:, None]
+            dzx, dzh, dh_prev = jnp.where(keep, dzx, 0), jnp.where(keep, dzh, 0), jnp.where(keep, dh_prev, dh)
+        return dh_prev, (dzx, dzh)
+
+    dh0, (dzx, dzh) = jax.lax.scan(step, dh_last, (dhs, h_prev, saved, mask_TxB), reverse=True)
+    dU = _recurrent_weight_grad(h0_BxH, hs, dzh, matmul_dtype).astype(U_Hx3H.dtype)
+    return (*_input_grads(x_TxBxD, W_Dx3H, dzx), dU, dzh.sum(axis=(0, 1)), dh0, _mask_grad(mask_TxB))
+
+
+_gru = _with_backward(_gru_forward, _gru_backward)
+
+
+def gru_recurrence(x_TxBxD: jax.Array, W_Dx3H: jax.Array | None, b_3H: jax.Array | None, U_Hx3H: jax.Array,
+                   bh_3H: jax.Array, h0_BxH: jax.Array, mask_TxB: jax.Array | None = None,
+                   matmul_dtype: Any = None):
+    """Runs the GRU over T steps, with the same conventions as `lstm_recurrence` (gate order r, u, n;
+    `bh_3H` is the recurrent bias, inside the reset gate's product). Returns (final h, h [T, B, H])."""
+    hs, h = _gru(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_dtype)
+    return h, hs

@@ -1,11 +1,11 @@
-"""The hand-written LSTM backward pass against JAX autodiff of the textbook step, in float64."""
+"""The hand-written LSTM and GRU backward passes against JAX autodiff of the textbook steps, in float64."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm.recurrence import lstm_recurrence
+from charlm.recurrence import gru_recurrence, lstm_recurrence
 
 T, B, D, H = 6, 3, 2, 5  # every size differs, so a swapped axis cannot pass
 
@@ -25,13 +25,28 @@ def textbook(x, W, b, U, c0, h0, mask):
     return jax.lax.scan(step, (c0, h0), (x, mask))
 
 
-def inputs(projected: bool, masked: bool):
+def textbook_gru(x, W, b, U, bh, h0, mask):
+    """The GRU step as cuDNN / char-rnn write it (reset gate inside the candidate's recurrent product)."""
+    def step(h, inputs):
+        x_t, m_t = inputs
+        zx = x_t if W is None else x_t @ W + b[None, :]
+        zh = h @ U + bh[None, :]
+        (xr, xu, xn), (hr, hu, hn) = jnp.split(zx, 3, axis=-1), jnp.split(zh, 3, axis=-1)
+        r, u = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xu + hu)
+        new_h = (1 - u) * jnp.tanh(xn + r * hn) + u * h
+        if m_t is not None:
+            new_h = jnp.where(m_t[:, None], new_h, h)
+        return new_h, new_h
+    return jax.lax.scan(step, h0, (x, mask))
+
+
+def inputs(projected: bool, masked: bool, gates: int = 4):
     keys = jax.random.split(jax.random.key(0), 8)
-    D_in = 4 * H if projected else D
+    D_in = gates * H if projected else D
     x = jax.random.normal(keys[0], (T, B, D_in), jnp.float64)
-    W = None if projected else jax.random.normal(keys[1], (D, 4 * H), jnp.float64)
-    b = None if projected else 0.5 * jax.random.normal(keys[2], (4 * H,), jnp.float64)
-    U = 0.5 * jax.random.normal(keys[3], (H, 4 * H), jnp.float64)
+    W = None if projected else jax.random.normal(keys[1], (D, gates * H), jnp.float64)
+    b = None if projected else 0.5 * jax.random.normal(keys[2], (gates * H,), jnp.float64)
+    U = 0.5 * jax.random.normal(keys[3], (H, gates * H), jnp.float64)
     c0 = jax.random.normal(keys[4], (B, H), jnp.float64)
     h0 = jax.random.normal(keys[5], (B, H), jnp.float64)
     mask = jax.random.bernoulli(keys[6], 0.6, (T, B)) if masked else None
@@ -56,6 +71,27 @@ def test_gradients_match_autodiff_of_textbook_step(projected, masked):
         argnums = tuple(range(len(args)))
         value, grads = jax.value_and_grad(ours, argnums)(*args)
         ref_value, ref_grads = jax.value_and_grad(ref, argnums)(*args)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    for g, rg in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("projected", [False, True], ids=["x@W-inside", "pre-projected"])
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
+def test_gru_gradients_match_autodiff_of_textbook_step(projected, masked):
+    with jax.enable_x64(True):
+        x, W, b, U, _, h0, mask = inputs(projected, masked, gates=3)
+        bh = 0.3 * jax.random.normal(jax.random.key(7), (3 * H,), jnp.float64)
+        r = jax.random.normal(jax.random.key(1), (T, B, H), jnp.float64)
+
+        def loss(run, x, W, b, U, bh, h0):
+            h, hs = run(x, W, b, U, bh, h0, mask)
+            return jnp.sum(hs * r) + jnp.sum(jnp.sin(h))
+        args = (x, W, b, U, bh, h0) if not projected else (x, U, bh, h0)
+        full = (lambda a: a) if not projected else (lambda a: (a[0], None, None, *a[1:]))
+        argnums = tuple(range(len(args)))
+        value, grads = jax.value_and_grad(lambda *a: loss(gru_recurrence, *full(a)), argnums)(*args)
+        ref_value, ref_grads = jax.value_and_grad(lambda *a: loss(textbook_gru, *full(a)), argnums)(*args)
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     for g, rg in zip(grads, ref_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
