@@ -122,6 +122,9 @@ def train_parser() -> argparse.ArgumentParser:
                           "usual best-checkpoint logic (default: no limit)")
     opt.add_argument("--seed", type=int, help=f"seed for init, dropout and shuffling {_preset_default('train', 'seed')}")
     opt.add_argument("--ckpt-dir", default="checkpoints", help="where the best checkpoint goes (default: %(default)s)")
+    opt.add_argument("--save-every", type=float, default=5.0, metavar="MINUTES",
+                     help="also write the last checkpoint this often within an epoch, so a crash loses at most "
+                          "this much training (default: %(default)s; epoch ends and Ctrl-C always save it)")
     opt.add_argument("--data-parallel", action=argparse.BooleanOptionalAction, default=None,
                      help="split each batch over all local devices (jax.sharding); default: on when "
                           "several devices are visible and --batch-size divides evenly")
@@ -132,7 +135,8 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-_NOT_CONFIG = ("text", "gutenberg", "encoding", "errors", "preset", "ckpt_dir", "resume", "data_parallel")
+_NOT_CONFIG = ("text", "gutenberg", "encoding", "errors", "preset", "ckpt_dir", "resume", "data_parallel",
+               "save_every")
 
 
 def run_config_from_args(args: argparse.Namespace):
@@ -153,8 +157,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         # Imported after the text is read, so a bad file fails before JAX loads.
         from charlm.trainer import train
 
+        if not args.save_every > 0:
+            raise CharlmError(f"--save-every must be a positive number of minutes, got {args.save_every:g}")
         result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path.resolve()),
-                       data_parallel=args.data_parallel)
+                       data_parallel=args.data_parallel, save_every_minutes=args.save_every)
         if result.best_path is not None:
             print(f"Best checkpoint: {result.best_path} (loss {result.best_loss:.4f}); "
                   f"sample with: python sample.py --ckpt {args.ckpt_dir}")

@@ -81,6 +81,8 @@ class DataConfig:
     val_frac: float = 0.0            # hold out this contiguous tail of the text for validation
 
     def __post_init__(self):
+        for name in ("lowercase", "strip", "strip_punctuation", "stateful"):  # hand-edited JSON: "no" is truthy
+            _require(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         _positive_int("seq_length", self.seq_length)
         if self.stride is not None:
             _positive_int("stride", self.stride)

@@ -217,7 +217,7 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
         raise CharlmError(f"the text is shorter than one {d.seq_length}-char window")
     report = {**Score.from_nll(nll).to_dict(), "metric": metric, "text": str(text_path),
               "scored": f"{len(tokens)} chars after cleaning; scored " +
-                        (f"the last {val_frac:.0%}" if val_frac else "all")}
+                        (f"the last {100 * val_frac:.3g}%" if val_frac else "all")}
     if dynamic:
         kwargs = {k: v for k, v in (("lr", dynamic_lr), ("segment", dynamic_segment)) if v is not None}
         report["dynamic"] = Score.from_nll(dynamic_nll(state.params, cfg.model, tokens[split:],

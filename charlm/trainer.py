@@ -35,6 +35,7 @@ from charlm.training import TrainState, create_train_state, make_optimizer, stat
 
 NUM_SEEDS = 16          # seed windows stored in each checkpoint for sample.py
 PROGRESS_EVERY = 20     # steps between progress-bar refreshes (each one syncs with the device)
+DEFAULT_SAVE_EVERY_MINUTES = 5.0  # the `last` checkpoint within an epoch: the most a crash can lose
 def train_metric(cfg: RunConfig) -> str:
     """Names the training loss, so no printed number is ambiguous."""
     return "train loss (last-char)" if cfg.data.objective == "last" else "train loss (all-chars)"
@@ -209,9 +210,11 @@ class Diverged(CharlmError):
 
 def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropout_rng: jax.Array, steps: int,
               desc: str, progress: bool | None, deadline: float = math.inf, *, position: Position | None = None,
-              carry=None, stop: StopRequests | None = None, place: Callable = lambda tree: tree):
+              carry=None, stop: StopRequests | None = None, place: Callable = lambda tree: tree,
+              save_every: float = math.inf, save: Callable | None = None):
     """One pass over `batches`, stopping early after the step that crosses `deadline` or when `stop` has
-    a signal. Starts from `position`'s running sums and the stateful `carry`, if given.
+    a signal. Starts from `position`'s running sums and the stateful `carry`, if given. Every
+    `save_every` seconds it calls `save(state, position, carry)` between steps.
 
     Returns (state, stats, position after the last step run, carry). The running loss is checked for
     NaN/inf every PROGRESS_EVERY steps; a non-finite one raises Diverged before anything is saved.
@@ -226,6 +229,12 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
     bar = tqdm(total=steps, initial=position.batch, desc=desc, unit="step", file=sys.stderr, leave=False,
                disable=None if progress is None else not progress)
     stopped, i = False, -1
+    last_save = time.monotonic()
+
+    def where(done: int) -> Position:
+        return dataclasses.replace(position, batch=position.batch + done, loss_sum=float(total), count=float(count),
+                                   chars=position.chars + chars)
+
     for i, batch in enumerate(batches):
         batch = place(batch)
         if cfg.data.stateful:
@@ -247,12 +256,16 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
         if time.monotonic() >= deadline:
             stopped = True
             break
+        if save is not None and time.monotonic() - last_save >= save_every and i + 1 < steps - position.batch:
+            if not math.isfinite(float(total)):  # never save a diverged state
+                raise Diverged(f"step {int(state.step)}")
+            save(state, where(i + 1), carry)
+            last_save = time.monotonic()
     bar.close()
     loss = float(total / jnp.maximum(count, 1.0))
     if not math.isfinite(loss):
         raise Diverged(f"step {int(state.step)}")
-    after = dataclasses.replace(position, batch=position.batch + i + 1, loss_sum=float(total), count=float(count),
-                                chars=position.chars + chars)
+    after = where(i + 1)
     signum = stop.signal if stop is not None else None
     return state, EpochStats(loss, i + 1, chars, stopped, signum), after, carry
 
@@ -342,7 +355,8 @@ def _data_parallel_placement(cfg: RunConfig, data_parallel: bool | None):
 
 def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
           source: str = "", log: Callable[[str], None] = print, progress: bool | None = None,
-          data_parallel: bool | None = None, handle_signals: bool = True) -> TrainResult:
+          data_parallel: bool | None = None, handle_signals: bool = True,
+          save_every_minutes: float = DEFAULT_SAVE_EVERY_MINUTES) -> TrainResult:
     """Trains on `raw_text` as configured, keeping the best checkpoint and the last state in `run_dir`.
 
     Args:
@@ -355,9 +369,12 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
       progress: show a tqdm bar (None: only when stderr is a terminal).
       data_parallel: split each batch over all local devices (None: when there are several).
       handle_signals: SIGINT/SIGTERM save the `last` checkpoint and return with `interrupted` set.
+      save_every_minutes: also write the `last` checkpoint this often within an epoch, so a crash or
+        SIGKILL loses at most this much training.
     The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
     else the lowest train loss (the tutorial's monitor='loss'). The `last` checkpoint is written
-    at the end of every epoch and on SIGINT/SIGTERM; --resume continues from it exactly.
+    at the end of every epoch, every `save_every_minutes` and on SIGINT/SIGTERM; --resume continues
+    from it exactly.
     """
     run_dir = Path(run_dir)
     _check_writable(run_dir)
@@ -416,9 +433,9 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     deadline = started + 60 * cfg.train.max_time if cfg.train.max_time else math.inf
     best_loss = position.best_loss
 
-    def save_last(pos: Position, carry_now) -> Path:
+    def save_last(state_now: TrainState, pos: Position, carry_now) -> Path:
         pos = dataclasses.replace(pos, best_loss=best_loss, elapsed=time.monotonic() - started, fitted_steps=fitted)
-        return checkpoint.save_last(run_dir, state, {**meta, "epoch": pos.epoch - (pos.batch == 0),
+        return checkpoint.save_last(run_dir, state_now, {**meta, "epoch": pos.epoch - (pos.batch == 0),
                                                      "loss": best_loss if math.isfinite(best_loss) else 0.0,
                                                      "position": pos.to_dict()}, carry_now)
 
@@ -431,7 +448,8 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                 state, stats, position, carry = run_epoch(
                     state, epoch_batches(corpus, cfg, starts, lengths, epoch, position.batch), cfg, dropout_rng,
                     steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline,
-                    position=position, carry=carry, stop=stop, place=place_batch)
+                    position=position, carry=carry, stop=stop, place=place_batch,
+                    save_every=60 * save_every_minutes, save=save_last)
             except Diverged as e:
                 best_found, last_found = checkpoint.latest_step(run_dir), checkpoint.find_last(run_dir)
                 kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
@@ -440,7 +458,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                                   f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
                                   f"try a lower --lr (now {cfg.train.learning_rate:g}) or --clip-norm 1") from None
             if stats.signal is not None and position.batch < steps_per_epoch:
-                path = save_last(position, carry)
+                path = save_last(state, position, carry)
                 name = signal.Signals(stats.signal).name
                 log(f"{name} received: stopped at epoch {epoch}, batch {position.batch} of {steps_per_epoch} "
                     f"(step {int(state.step)}) and saved {path}. Resume with the same command plus --resume.")
@@ -484,7 +502,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
             epoch += 1
             position = Position(epoch=epoch)
             carry = None  # a new epoch's streams start from zeros
-            save_last(position, None)
+            save_last(state, position, None)
             if stats.stopped:
                 log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch - 1} "
                     f"(after {int(state.step)} steps); stopping.")

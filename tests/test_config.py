@@ -33,7 +33,8 @@ def test_none_override_keeps_the_preset_value():
     ({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size"), ({"hidden": 0}, "hidden"),
     ({"layers": 0}, "layers"), ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout"),
     ({"seq_length": 0}, "seq_length"), ({"learning_rate": 0.0}, "learning_rate"),
-    ({"input_encoding": "bits"}, "input encoding"),
+    ({"input_encoding": "bits"}, "input encoding"), ({"lowercase": "no"}, "lowercase must be true or false"),
+    ({"stateful": 1}, "stateful must be true or false"), ({"precision": "fp8"}, "precision"),
 ])
 def test_bad_values_are_refused_with_the_field_name(kwargs, words):
     with pytest.raises(CharlmError, match=words):

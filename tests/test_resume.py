@@ -1,6 +1,7 @@
 """Interruptions and exact resume: SIGINT/SIGTERM/SIGKILL, per-step loss equivalence, divergence, failed saves."""
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -36,8 +37,14 @@ def tree_hash(path):
     return h.hexdigest()
 
 
-def recorded_run(monkeypatch, text, run_dir, cfg, *, interrupt_after=None, resume=False):
-    """Trains, recording each step's loss; with interrupt_after=k, sends SIGINT to itself after step k."""
+class Crash(Exception):
+    pass
+
+
+def recorded_run(monkeypatch, text, run_dir, cfg, *, interrupt_after=None, crash_after=None, resume=False,
+                 **train_kw):
+    """Trains, recording each step's loss; with interrupt_after=k, sends SIGINT to itself after step k;
+    with crash_after=k, dies (an exception nobody handles, like a power cut) after step k."""
     losses = []
     for name, real in STEPS.items():
         def wrapped(*args, _real=real, **kw):
@@ -45,10 +52,12 @@ def recorded_run(monkeypatch, text, run_dir, cfg, *, interrupt_after=None, resum
             losses.append(float(out[1]["loss"]))
             if interrupt_after is not None and len(losses) == interrupt_after:
                 os.kill(os.getpid(), signal.SIGINT)
+            if crash_after is not None and len(losses) == crash_after:
+                raise Crash
             return out
         monkeypatch.setattr(trainer, name, wrapped)
     lines = []
-    result = trainer.train(text, cfg, run_dir, resume=resume, log=lines.append, progress=False)
+    result = trainer.train(text, cfg, run_dir, resume=resume, log=lines.append, progress=False, **train_kw)
     return result, losses, lines
 
 
@@ -68,6 +77,19 @@ def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, t
     for a, b in zip(jax.tree.leaves(rest.state.params), jax.tree.leaves(whole.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert rest.best_loss == whole.best_loss
+
+
+def test_a_crash_mid_epoch_loses_only_the_steps_since_the_periodic_save(monkeypatch, text, tmp_path):
+    cfg = make_run_config(**BASE)
+    _, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
+    crash = len(whole_losses) // 2 + 1  # in the middle of epoch 2
+    with pytest.raises(Crash):  # saves the last checkpoint after every step (save_every_minutes=0)
+        recorded_run(monkeypatch, text, tmp_path / "crash", cfg, crash_after=crash, save_every_minutes=0)
+    position = json.loads(next((tmp_path / "crash" / "last").glob("*/meta/metadata")).read_text())["position"]
+    _, rest_losses, _ = recorded_run(monkeypatch, text, tmp_path / "crash", cfg, resume=True)
+    # The step that crashed ran but was never saved, so the resumed run repeats it, then goes on exactly.
+    assert rest_losses == whole_losses[crash - 1:]
+    assert position["batch"] > 0  # the save was within the epoch, not at its end
 
 
 def test_resume_refuses_a_different_text_naming_the_fingerprint(monkeypatch, text, tmp_path):
