@@ -67,7 +67,11 @@ class BestCheckpoint:
                               f"{(str(e).splitlines() or [''])[0][:200]})") from None
 
     def save(self, epoch: int, state: TrainState, meta: dict[str, Any], loss: float) -> Path:
+        """Saves epoch `epoch` as the new best. An epoch that a time budget cut short and --resume then
+        finished can be saved twice; the better, later one replaces the first."""
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "epoch": epoch, "loss": loss}
+        if epoch in self._manager.all_steps():
+            self._manager.delete(epoch)
         _save(self._manager, epoch, _state_tree(state), meta, metrics={"loss": float(loss)})
         return self.directory / str(epoch)
 

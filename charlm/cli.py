@@ -101,7 +101,7 @@ def train_parser() -> argparse.ArgumentParser:
     net.add_argument("--embed-dim", type=int, help=f"embedding width for --input-encoding embed {_preset_default('model', 'embed_dim')}")
     net.add_argument("--cell", choices=CELLS, help=f"recurrent cell {_preset_default('model', 'cell')}")
     net.add_argument("--precision", choices=PRECISIONS,
-                     help=f"bfloat16: LSTM recurrent matmuls in bf16 with float32 state and loss (faster on "
+                     help=f"bfloat16: recurrent matmuls in bf16 with float32 state and loss (faster on "
                           f"CPUs with AVX512-BF16 and on GPUs) {_preset_default('model', 'precision')}")
     net.add_argument("--input-dropout", type=float,
                      help=f"dropout on the inputs (tutorial extension 6) {_preset_default('model', 'input_dropout')}")

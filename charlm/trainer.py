@@ -148,7 +148,8 @@ class Position:
     chars: int = 0               # input chars in them
     best_loss: float = math.inf  # the best monitored loss so far
     elapsed: float = 0.0         # training seconds used so far (the --max-time budget)
-    fitted_steps: int | None = None  # the lr schedule's horizon once fitted to --max-time
+    fitted_steps: int | None = None  # the lr schedule's horizon once fitted to --max-time ...
+    fitted_for: list | None = None   # ... for this [max_time, epochs]; another budget drops the fit
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -161,7 +162,10 @@ class Position:
             pos = cls(**{**d, "best_loss": math.inf if d.get("best_loss") is None else d["best_loss"]})
         except TypeError as e:
             raise CharlmError(f"the last checkpoint's position is malformed: {e}") from None
-        if not (isinstance(pos.epoch, int) and pos.epoch >= 1 and isinstance(pos.batch, int) and pos.batch >= 0):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (pos.epoch, pos.batch, pos.chars))
+        floats = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                     for v in (pos.loss_sum, pos.count, pos.best_loss, pos.elapsed))
+        if not (ints and floats and pos.epoch >= 1 and (pos.fitted_steps is None or isinstance(pos.fitted_steps, int))):
             raise CharlmError(f"the last checkpoint's position is malformed: {d}")
         return pos
 
@@ -248,7 +252,7 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
         if (i + 1) % PROGRESS_EVERY == 0:
             running = float(total / jnp.maximum(count, 1.0))
             if not math.isfinite(running):
-                raise Diverged(f"step {int(state.step)}")
+                raise Diverged(f"step {int(state.step)} (the loss became NaN or inf)")
             if not bar.disable:
                 bar.set_postfix(loss=f"{running:.4f}", chars_s=f"{chars / (time.perf_counter() - t0):,.0f}")
         if stop is not None and stop.signal is not None:
@@ -258,16 +262,22 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
             break
         if save is not None and time.monotonic() - last_save >= save_every and i + 1 < steps - position.batch:
             if not math.isfinite(float(total)):  # never save a diverged state
-                raise Diverged(f"step {int(state.step)}")
+                raise Diverged(f"step {int(state.step)} (the loss became NaN or inf)")
             save(state, where(i + 1), carry)
             last_save = time.monotonic()
     bar.close()
     loss = float(total / jnp.maximum(count, 1.0))
     if not math.isfinite(loss):
-        raise Diverged(f"step {int(state.step)}")
+        raise Diverged(f"step {int(state.step)} (the loss became NaN or inf)")
     after = where(i + 1)
     signum = stop.signal if stop is not None else None
     return state, EpochStats(loss, i + 1, chars, stopped, signum), after, carry
+
+
+def _check_finite(state: TrainState, epoch: int) -> None:
+    """The last update can make the params NaN while the loss that produced it was finite."""
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params)):
+        raise Diverged(f"step {int(state.step)} (the parameters became NaN or inf)")
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -319,13 +329,24 @@ def _resume_point(run_dir: Path, cfg: RunConfig, corpus: Corpus):
     when there is one (exactly where the run stopped), else from the best one (the epoch after it).
     """
     last = checkpoint.find_last(run_dir)
+    slot = run_dir / checkpoint.LAST
+    if last is None and slot.is_dir() and checkpoint.latest_step(slot):  # damaged: say how, never fall back silently
+        checkpoint.read_meta(slot)  # raises, naming what is missing
+        raise CharlmError(f"the last checkpoint in {slot} is incomplete; delete {slot} to resume from the best one")
     if last is not None:
         meta = checkpoint.read_meta(last)
         _check_same_run(meta, cfg, corpus, run_dir)
         position = Position.from_dict(meta.get("position") or {})
         template = zero_carry(cfg.model, cfg.train.batch_size) if cfg.data.stateful else None
         state, _, _, restored = checkpoint.restore(last, template)
-        return state, position, restored["carry"], position.fitted_steps
+        best = checkpoint.latest_step(run_dir)
+        if best is not None:  # a death between the best save and the last save leaves last's value stale
+            position = dataclasses.replace(position, best_loss=min(position.best_loss,
+                                                                   float(checkpoint.read_meta(run_dir)["loss"])))
+        fitted = position.fitted_steps
+        if fitted is not None and position.fitted_for != [cfg.train.max_time, cfg.train.epochs]:
+            fitted = None  # fitted to another budget: this run's own horizon (refitted at epoch 2 if still ahead)
+        return state, position, restored["carry"], fitted
     meta = checkpoint.read_meta(run_dir)
     _check_same_run(meta, cfg, corpus, run_dir)
     state, _, _, _ = checkpoint.restore(run_dir)
@@ -400,6 +421,9 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
         # The optimizer state's structure is the same; the lr schedule's horizon is this run's
         # (or the one fitted to the time budget, which this run keeps).
         state = state.replace(tx=make_optimizer(cfg, fitted or total_steps))
+        if cfg.train.max_time and position.elapsed >= 60 * cfg.train.max_time:
+            raise CharlmError(f"the run in {run_dir} has used its --max-time of {cfg.train.max_time:g} min "
+                              f"({position.elapsed / 60:.1f} min trained); pass a larger --max-time to train on")
         log(f"Resuming at epoch {position.epoch}, batch {position.batch} of {steps_per_epoch} "
             f"(step {int(state.step)}; best loss {position.best_loss:.5f})")
     else:
@@ -434,82 +458,96 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     best_loss = position.best_loss
 
     def save_last(state_now: TrainState, pos: Position, carry_now) -> Path:
-        pos = dataclasses.replace(pos, best_loss=best_loss, elapsed=time.monotonic() - started, fitted_steps=fitted)
+        _check_finite(state_now, pos.epoch)
+        if cfg.data.stateful and carry_now is None:  # an epoch's streams start from zeros; keep the tree's shape
+            carry_now = zero_carry(cfg.model, B)
+        pos = dataclasses.replace(pos, best_loss=best_loss, elapsed=time.monotonic() - started, fitted_steps=fitted,
+                                  fitted_for=None if fitted is None else [cfg.train.max_time, cfg.train.epochs])
         return checkpoint.save_last(run_dir, state_now, {**meta, "epoch": pos.epoch - (pos.batch == 0),
                                                      "loss": best_loss if math.isfinite(best_loss) else 0.0,
                                                      "position": pos.to_dict()}, carry_now)
 
     stop_requests = StopRequests() if handle_signals else contextlib.nullcontext()
-    with checkpoint.BestCheckpoint(run_dir) as best, stop_requests as stop:
-        epoch = position.epoch
-        while epoch <= cfg.train.epochs:
-            epoch_started = time.monotonic()
-            try:
+    epoch = position.epoch
+    try:
+        with checkpoint.BestCheckpoint(run_dir) as best, stop_requests as stop:
+            while epoch <= cfg.train.epochs:
+                epoch_started = time.monotonic()
                 state, stats, position, carry = run_epoch(
                     state, epoch_batches(corpus, cfg, starts, lengths, epoch, position.batch), cfg, dropout_rng,
                     steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline,
                     position=position, carry=carry, stop=stop, place=place_batch,
                     save_every=60 * save_every_minutes, save=save_last)
-            except Diverged as e:
-                best_found, last_found = checkpoint.latest_step(run_dir), checkpoint.find_last(run_dir)
-                kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
-                       ([f"the last one in {last_found}"] if last_found else [])
-                raise CharlmError(f"training diverged at epoch {epoch}, {e} (the loss became NaN or inf); "
-                                  f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
-                                  f"try a lower --lr (now {cfg.train.learning_rate:g}) or --clip-norm 1") from None
-            if stats.signal is not None and position.batch < steps_per_epoch:
-                path = save_last(state, position, carry)
-                name = signal.Signals(stats.signal).name
-                log(f"{name} received: stopped at epoch {epoch}, batch {position.batch} of {steps_per_epoch} "
-                    f"(step {int(state.step)}) and saved {path}. Resume with the same command plus --resume.")
-                return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
-            seconds = time.monotonic() - epoch_started
-            loss = stats.loss
-            record = {"epoch": epoch, "step": int(state.step), "train_loss": loss, "seconds": seconds,
-                      "elapsed": time.monotonic() - started, "chars_per_s": stats.chars / seconds}
-            line = (f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {1000 * seconds / max(stats.steps, 1):.0f}ms/step"
-                    f" - {record['chars_per_s']:,.0f} chars/s - {train_metric(cfg)}: {loss:.4f}")
-            if has_val:
-                record["val_loss"] = float(np.mean(validation_nll(state, cfg, corpus)))
-                record["val_bits_per_char"] = record["val_loss"] / math.log(2)
-                line += f" - {monitor}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
-            history.append(record)
-            log(line)
-            monitored = record["val_loss"] if has_val else loss
-            if not math.isfinite(monitored):
-                raise CharlmError(f"training diverged at epoch {epoch} ({monitor} {monitored}); the best checkpoint "
-                                  f"is kept; try a lower --lr or --clip-norm")
-            if monitored < best_loss:
-                best_path = best.save(epoch, state, meta, monitored)
-                log(f"Epoch {epoch:05d}: {keras_name} improved from {best_loss:.5f} to {monitored:.5f}, "
-                    f"saving model to {best_path}")
-                best_loss = monitored
-            else:
-                log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if epoch == 2 and fitted is None and deadline < math.inf and cfg.train.lr_schedule != "constant":
-                # Fit the decay to the budget: as many steps as the remaining time allows at the
-                # pace of this (compiled, warm) epoch, so the schedule ends when the time does.
-                pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
-                fits = int(state.step) + int((deadline - time.monotonic()) / pace)
-                if fits < total_steps:
-                    fitted = fits
-                    state = state.replace(tx=make_optimizer(cfg, fits))
-                    meta["total_steps"] = fits
-                    log(f"Fitted the {cfg.train.lr_schedule} lr schedule to the time budget: {fits} steps "
-                        f"instead of {total_steps}")
-            epoch += 1
-            position = Position(epoch=epoch)
-            carry = None  # a new epoch's streams start from zeros
-            save_last(state, position, None)
-            if stats.stopped:
-                log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch - 1} "
-                    f"(after {int(state.step)} steps); stopping.")
-                break
-            if stats.signal is not None:  # the signal came with the epoch's last step
-                name = signal.Signals(stats.signal).name
-                log(f"{name} received at the end of epoch {epoch - 1}; saved the last checkpoint. "
-                    f"Resume with the same command plus --resume.")
-                return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
+                if stats.signal is not None and position.batch < steps_per_epoch:
+                    path = save_last(state, position, carry)
+                    name = signal.Signals(stats.signal).name
+                    log(f"{name} received: stopped at epoch {epoch}, batch {position.batch} of {steps_per_epoch} "
+                        f"(step {int(state.step)}) and saved {path}. Resume with the same command plus --resume.")
+                    return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
+                seconds = time.monotonic() - epoch_started
+                loss = stats.loss
+                record = {"epoch": epoch, "step": int(state.step), "train_loss": loss, "seconds": seconds,
+                          "elapsed": time.monotonic() - started, "chars_per_s": stats.chars / seconds}
+                ms_per_step = 1000 * seconds / max(stats.steps, 1)
+                line = (f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {ms_per_step:.0f}ms/step"
+                        f" - {record['chars_per_s']:,.0f} chars/s - {train_metric(cfg)}: {loss:.4f}")
+                if has_val:
+                    record["val_loss"] = float(np.mean(validation_nll(state, cfg, corpus)))
+                    record["val_bits_per_char"] = record["val_loss"] / math.log(2)
+                    line += f" - {monitor}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
+                history.append(record)
+                log(line)
+                monitored = record["val_loss"] if has_val else loss
+                if not math.isfinite(monitored):
+                    raise Diverged(f"{monitor} {monitored}")
+                if monitored < best_loss:
+                    _check_finite(state, epoch)
+                    best_path = best.save(epoch, state, meta, monitored)
+                    log(f"Epoch {epoch:05d}: {keras_name} improved from {best_loss:.5f} to {monitored:.5f}, "
+                        f"saving model to {best_path}")
+                    best_loss = monitored
+                else:
+                    log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
+                try:
+                    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                except OSError as e:
+                    raise CharlmError(f"cannot write {run_dir / 'metrics.jsonl'}: {e.strerror}; training stopped, "
+                                      f"the checkpoints are kept") from None
+                if epoch == 2 and fitted is None and deadline < math.inf and cfg.train.lr_schedule != "constant":
+                    # Fit the decay to the budget: as many steps as the remaining time allows at the
+                    # pace of this (compiled, warm) epoch, so the schedule ends when the time does.
+                    pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
+                    fits = int(state.step) + int((deadline - time.monotonic()) / pace)
+                    if fits < total_steps:
+                        fitted = fits
+                        state = state.replace(tx=make_optimizer(cfg, fits))
+                        meta["total_steps"] = fits
+                        log(f"Fitted the {cfg.train.lr_schedule} lr schedule to the time budget: {fits} steps "
+                            f"instead of {total_steps}")
+                if stats.stopped and position.batch < steps_per_epoch:  # mid-epoch: --resume goes on from here
+                    save_last(state, position, carry)
+                    log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch}, batch "
+                        f"{position.batch} of {steps_per_epoch} (after {int(state.step)} steps); stopping.")
+                    break
+                epoch += 1
+                position = Position(epoch=epoch)
+                carry = None  # a new epoch's streams start from zeros
+                save_last(state, position, None)
+                if stats.stopped:
+                    log(f"Time budget of {cfg.train.max_time:g} min reached at the end of epoch {epoch - 1} "
+                        f"(after {int(state.step)} steps); stopping.")
+                    break
+                if stats.signal is not None:  # the signal came with the epoch's last step
+                    name = signal.Signals(stats.signal).name
+                    log(f"{name} received at the end of epoch {epoch - 1}; saved the last checkpoint. "
+                        f"Resume with the same command plus --resume.")
+                    return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
+    except Diverged as e:
+        best_found, last_found = checkpoint.latest_step(run_dir), checkpoint.find_last(run_dir)
+        kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
+               ([f"the last one in {last_found}"] if last_found else [])
+        raise CharlmError(f"training diverged at epoch {epoch}, {e}; "
+                          f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
+                          f"try a lower --lr (now {cfg.train.learning_rate:g}) or --clip-norm 1") from None
     return TrainResult(state, best_loss, history, best_path)

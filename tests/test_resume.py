@@ -61,16 +61,20 @@ def recorded_run(monkeypatch, text, run_dir, cfg, *, interrupt_after=None, crash
     return result, losses, lines
 
 
-@pytest.mark.parametrize("mode", [dict(), dict(objective="all", stateful=True, val_frac=0.1)],
-                         ids=["shuffled-windows", "stateful-streams+val"])
-def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, text, tmp_path, mode):
+STATEFUL = dict(objective="all", stateful=True, val_frac=0.1)
+
+
+@pytest.mark.parametrize("mode, where", [(dict(), "mid"), (STATEFUL, "mid"), (STATEFUL, "end")],
+                         ids=["shuffled-windows", "stateful-streams+val", "stateful-at-an-epoch-end"])
+def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, text, tmp_path, mode, where):
     cfg = make_run_config(**BASE, **mode)
     whole, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
-    steps = len(whole_losses)
-    cut = steps // 3 + 2  # in the middle of an epoch
+    steps_per_epoch = len(whole_losses) // BASE["epochs"]
+    cut = steps_per_epoch + 2 if where == "mid" else steps_per_epoch  # inside epoch 2, or on epoch 1's last step
     first, first_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, interrupt_after=cut)
     assert first.interrupted == signal.SIGINT and len(first_losses) == cut
     assert any("SIGINT received" in l and "--resume" in l for l in lines)
+    assert any(f"epoch {1 if where == 'end' else 2}" in l for l in lines if "SIGINT received" in l)
     rest, rest_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, resume=True)
     assert any(l.startswith("Resuming at epoch") for l in lines)
     assert first_losses + rest_losses == whole_losses  # bit-exact on CPU
@@ -90,6 +94,39 @@ def test_a_crash_mid_epoch_loses_only_the_steps_since_the_periodic_save(monkeypa
     # The step that crashed ran but was never saved, so the resumed run repeats it, then goes on exactly.
     assert rest_losses == whole_losses[crash - 1:]
     assert position["batch"] > 0  # the save was within the epoch, not at its end
+
+
+def test_a_time_budget_stop_resumes_exactly_and_a_used_up_budget_is_refused(monkeypatch, text, tmp_path):
+    cfg = make_run_config(**BASE)
+    _, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
+    budget = make_run_config(**BASE, max_time=0.001)  # crossed by the first (compiling) step
+    _, first_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", budget)
+    assert any("Time budget of 0.001 min reached during epoch 1, batch 1 of" in l for l in lines)
+    with pytest.raises(CharlmError, match="has used its --max-time of 0.001 min"):
+        trainer.train(text, budget, tmp_path / "cut", resume=True, log=lambda s: None, progress=False)
+    _, rest_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, resume=True)
+    assert any(l.startswith("Resuming at epoch 1, batch 1 of") for l in lines)
+    assert first_losses + rest_losses == whole_losses
+
+
+def test_a_death_between_the_best_save_and_the_last_save_resumes_exactly(monkeypatch, text, tmp_path):
+    cfg = make_run_config(**BASE)
+    _, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
+    steps_per_epoch = len(whole_losses) // BASE["epochs"]
+    real_save_last = checkpoint.save_last
+
+    def dies_at_the_epoch_end(run_dir, state, meta, carry=None):
+        if meta["position"]["batch"] == 0:  # best/1 is already written; last still says "inside epoch 1"
+            raise Crash
+        return real_save_last(run_dir, state, meta, carry)
+    monkeypatch.setattr(checkpoint, "save_last", dies_at_the_epoch_end)
+    with pytest.raises(Crash):
+        recorded_run(monkeypatch, text, tmp_path / "cut", cfg, save_every_minutes=0)
+    monkeypatch.setattr(checkpoint, "save_last", real_save_last)
+    assert checkpoint.latest_step(tmp_path / "cut")[1] == 1
+    _, rest_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, resume=True)
+    assert rest_losses == whole_losses[steps_per_epoch - 1:]  # the unsaved last step of epoch 1, then on
+    assert any("Epoch 00001: loss did not improve" in l for l in lines)  # epoch 1 again: not a new best
 
 
 def test_resume_refuses_a_different_text_naming_the_fingerprint(monkeypatch, text, tmp_path):
@@ -207,8 +244,9 @@ def test_sigkill_at_random_points_never_breaks_the_checkpoints(tmp_path, text_fi
         if checkpoint.find_last(ckpt):
             checkpoint.restore(checkpoint.find_last(ckpt))  # and so is the last one
     assert in_save >= 1, f"none of {kills} kills landed inside a save"
+    in_progress = checkpoint.read_meta(checkpoint.find_last(ckpt))["position"]["epoch"]
     done = subprocess.run([sys.executable, str(REPO / "train.py"), "--text", str(text_file), "--ckpt-dir", str(ckpt),
-                           "--epochs", "200", *TRAIN_ARGS, "--resume", "--max-time", "0.05"],
+                           "--epochs", str(in_progress), *TRAIN_ARGS, "--resume"],  # finish the epoch in progress
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     sample = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(ckpt), "--length", "20"],
