@@ -214,12 +214,12 @@ def test_signal_saves_last_checkpoint_exits_128_plus_signal_and_resumes(tmp_path
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert f"{signal.Signals(sig).name} received" in out and "--resume" in out
-    assert checkpoint.find_last(ckpt) is not None
+    position = checkpoint.read_meta(checkpoint.find_last(ckpt))["position"]
     resumed = subprocess.run([sys.executable, str(REPO / "train.py"), "--text", str(text_file), "--ckpt-dir",
-                              str(ckpt), "--epochs", "3", *TRAIN_ARGS, "--resume"], cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+                              str(ckpt), "--epochs", str(position["epoch"]), *TRAIN_ARGS, "--resume"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)  # finish the epoch it stopped in
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming at epoch" in resumed.stdout
+    assert f"Resuming at epoch {position['epoch']}, batch {position['batch']} of" in resumed.stdout
 
 
 def test_sigkill_at_random_points_never_breaks_the_checkpoints(tmp_path, text_file):
