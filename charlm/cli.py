@@ -17,7 +17,7 @@ from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES,
                            WINDOWINGS,
                            make_run_config)
 from charlm.corpus import ERRORS
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, Interrupted
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_encoding_args(group) -> None:
     group.add_argument("--encoding", default="utf-8", metavar="ENC",
-                       help="encoding of the text file, any Python codec name: latin-1, cp1252, utf-16, "
-                            "utf-8-sig (default: %(default)s)")
+                       help="encoding of the text file, any Python codec name: latin-1, cp1252, utf-16 "
+                            "(default: %(default)s; a leading BOM is dropped)")
     group.add_argument("--errors", default="strict", choices=ERRORS,
                        help="undecodable bytes: strict refuses the file, replace puts U+FFFD in their place, "
                             "ignore drops them (default: %(default)s)")
@@ -289,9 +289,9 @@ def _guarded(prog: str, run: Callable[[], int | None]) -> int:
     except CharlmError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C outside training, or a second stop signal during it
         print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + e.signum if isinstance(e, Interrupted) else EXIT_INTERRUPTED
 
 
 def train_entry() -> None:

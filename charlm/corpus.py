@@ -71,7 +71,9 @@ def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "
             raise CharlmError(f"{name} is not valid {shown} (byte 0x{data[e.start]:02x} at offset {e.start}); "
                               f"pass --encoding ENC if it is in another encoding (e.g. latin-1, cp1252), "
                               f"or --errors replace to replace the undecodable bytes") from None
-    return text
+    # A leading byte-order mark (Windows editors and some Gutenberg files write one) is a marker,
+    # not text: kept, it would become a vocabulary char that training sees once.
+    return text.removeprefix("\ufeff")
 
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> str:

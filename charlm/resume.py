@@ -19,7 +19,7 @@ from charlm import checkpoint
 from charlm.config import RunConfig
 from charlm.corpus import fingerprint
 from charlm.data import Vocab
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, Interrupted
 from charlm.model import zero_carry
 
 
@@ -63,7 +63,7 @@ class StopRequests:
     """Turns SIGINT (Ctrl-C) and SIGTERM into a request that the loop honours after the current step.
 
     A second signal while the first is handled (a save in progress, say) aborts at once with
-    KeyboardInterrupt; the orbax saves are atomic, so the checkpoints on disk stay readable.
+    `Interrupted` (a KeyboardInterrupt that names the signal); the orbax saves are atomic, so the checkpoints on disk stay readable.
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
@@ -75,7 +75,7 @@ class StopRequests:
 
     def _handle(self, signum, frame):
         if self.signal is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.signal = signum
 
     def __enter__(self):

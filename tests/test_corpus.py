@@ -61,6 +61,12 @@ def test_read_text_encoding_and_errors(tmp_path):
         corpus.decode_text(b"caf\x81", "f", encoding="cp1252")
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])
+def test_decode_text_drops_a_leading_byte_order_mark_only(encoding):
+    data = ("\ufeff" if encoding == "utf-8" else "").encode() + "Alice\ufeffsat".encode(encoding)
+    assert corpus.decode_text(data, "f", encoding=encoding) == "Alice\ufeffsat"
+
+
 def test_decode_text_keeps_a_genuine_replacement_char():
     assert corpus.decode_text("a \ufffd b".encode(), "f") == "a \ufffd b"
 

@@ -16,8 +16,9 @@ import pytest
 import charlm.trainer as trainer
 from charlm import checkpoint
 from charlm.config import make_run_config
-from charlm.errors import CharlmError
-from tests.conftest import REPO
+from charlm.errors import CharlmError, Interrupted
+from charlm.resume import StopRequests
+from tests.conftest import REPO, without_compilation_cache
 
 STEPS = {name: getattr(trainer, name) for name in ("train_step", "stateful_train_step")}  # the real ones
 BASE = dict(hidden=16, seq_length=10, batch_size=8, epochs=3, dropout=0.2, seed=3)
@@ -61,6 +62,8 @@ def recorded_run(monkeypatch, text, run_dir, cfg, *, interrupt_after=None, crash
     return result, losses, lines
 
 
+# The runs that save after every step (save_every_minutes=0) use less text: ~36 steps an epoch, not 186.
+SAVES_EVERY_STEP_CHARS = 300
 STATEFUL = dict(objective="all", stateful=True, val_frac=0.1)
 
 
@@ -84,7 +87,7 @@ def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, t
 
 
 def test_a_crash_mid_epoch_loses_only_the_steps_since_the_periodic_save(monkeypatch, text, tmp_path):
-    cfg = make_run_config(**BASE)
+    cfg, text = make_run_config(**BASE), text[:SAVES_EVERY_STEP_CHARS]
     _, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
     crash = len(whole_losses) // 2 + 1  # in the middle of epoch 2
     with pytest.raises(Crash):  # saves the last checkpoint after every step (save_every_minutes=0)
@@ -110,7 +113,7 @@ def test_a_time_budget_stop_resumes_exactly_and_a_used_up_budget_is_refused(monk
 
 
 def test_a_death_between_the_best_save_and_the_last_save_resumes_exactly(monkeypatch, text, tmp_path):
-    cfg = make_run_config(**BASE)
+    cfg, text = make_run_config(**BASE), text[:SAVES_EVERY_STEP_CHARS]
     _, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
     steps_per_epoch = len(whole_losses) // BASE["epochs"]
     real_save_last = checkpoint.save_last
@@ -180,7 +183,8 @@ TRAIN_ARGS = ["--hidden", "16", "--seq-length", "10", "--batch-size", "8", "--se
 def start_training(text_file, ckpt, epochs, *extra):
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), "--text", str(text_file), "--ckpt-dir", str(ckpt),
                              "--epochs", str(epochs), *TRAIN_ARGS, *extra], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**without_compilation_cache(), "PYTHONUNBUFFERED": "1"})
 
 
 def wait_for_line(proc, fragment, timeout=120):
@@ -220,6 +224,28 @@ def test_signal_saves_last_checkpoint_exits_128_plus_signal_and_resumes(tmp_path
                              capture_output=True, text=True, timeout=300)  # finish the epoch it stopped in
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at epoch {position['epoch']}, batch {position['batch']} of" in resumed.stdout
+
+
+def test_a_second_signal_stops_at_once_and_exits_128_plus_that_signal(capsys):
+    from charlm.cli import _guarded
+
+    def train_and_signal_twice():
+        with StopRequests() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here
+            assert stop.signal == signal.SIGTERM  # the first one is only a request
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the second one must not wait for the loop
+            raise AssertionError("a second SIGTERM did not interrupt")
+
+    try:  # caught as the CLI catches it: a bare KeyboardInterrupt would end the pytest session
+        train_and_signal_twice()
+    except KeyboardInterrupt as e:
+        raised = e
+    assert isinstance(raised, Interrupted) and raised.signum == signal.SIGTERM
+    assert _guarded("train.py", train_and_signal_twice) == 143
+    assert capsys.readouterr().err == "train.py: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
 def test_sigkill_at_random_points_never_breaks_the_checkpoints(tmp_path, text_file):
