@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from charlm.config import RunConfig
 from charlm.data import Vocab
 from charlm.errors import CharlmError
-from charlm.training import TrainState, create_train_state
+from charlm.training import TrainState, create_train_state, train_state_from
 
 FORMAT = "charlm-checkpoint"
 FORMAT_VERSION = 1
@@ -221,6 +221,5 @@ def restore(path: str | Path, carry=None) -> tuple[TrainState, RunConfig, Vocab,
         raise CharlmError(f"cannot restore checkpoint {best / str(step)}: its array files are damaged, missing "
                           f"or do not match its metadata ({type(e).__name__}: {detail})") from None
     total_steps = meta.get("total_steps", 1) if isinstance(meta.get("total_steps"), int) else 1
-    state = create_train_state(cfg, jax.random.key(0), total_steps).replace(
-        params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+    state = train_state_from(cfg, tree["params"], tree["opt_state"], tree["step"], total_steps)
     return state, cfg, vocab, {**meta, "carry": tree.get("carry")}
