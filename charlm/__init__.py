@@ -23,11 +23,12 @@ _EXPORTS = {
     "corpus": ["clean_text", "download_gutenberg", "read_text", "resolve_corpus", "strip_gutenberg"],
     "data": ["Vocab", "gather_batch", "sentence_windows", "shuffled", "split_point", "stream_starts",
              "window_starts"],
+    "dataset": ["Corpus", "epoch_batches", "prepare_corpus", "training_windows"],
     "model": ["CharLSTM", "init_params", "zero_carry"],
     "training": ["TrainState", "create_train_state", "eval_step", "stateful_train_step", "train_step"],
     "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
     "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "last_window_nll", "stream_nll", "tail_nll"],
-    "trainer": ["Corpus", "TrainResult", "prepare_corpus", "train"],
+    "trainer": ["TrainResult", "train"],
     "sampling": ["generate", "generate_stateful", "generate_window", "sample_next"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from charlm import checkpoint
 from charlm.config import RunConfig
-from charlm.corpus import clean_text, fingerprint
-from charlm.data import (Vocab, batch_starts, check_long_enough, gather_batch, seed_windows, sentence_windows,
-                         shuffled, split_point, stream_starts, window_starts)
+from charlm.corpus import fingerprint
+from charlm.data import seed_windows
+from charlm.dataset import Corpus, epoch_batches, prepare_corpus, summary_lines, training_windows
 from charlm.errors import CharlmError
 from charlm.evaluate import tail_nll
 from charlm.model import zero_carry
@@ -51,78 +51,6 @@ def validation_nll(state: TrainState, cfg: RunConfig, corpus: Corpus) -> np.ndar
     """One NLL (nats) per val char, each predicted from text that precedes it."""
     metric = "last-window" if cfg.data.objective == "last" else "stream"
     return tail_nll(state.params, cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """The cleaned text, its vocabulary, its ids and where validation starts."""
-
-    text: str
-    vocab: Vocab
-    tokens: np.ndarray
-    split: int  # tokens[:split] train, tokens[split:] validate
-
-    @property
-    def train_tokens(self) -> np.ndarray:
-        return self.tokens[:self.split]
-
-    @property
-    def val_tokens(self) -> np.ndarray:
-        return self.tokens[self.split:]
-
-
-def prepare_corpus(raw_text: str, cfg: RunConfig, vocab: Vocab | None = None) -> Corpus:
-    """Cleans the text as `cfg.data` says, encodes it (with `vocab`, if given) and splits off the val tail."""
-    d = cfg.data
-    text = clean_text(raw_text, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
-    if not text:
-        raise CharlmError("the text is empty after cleaning (was it only a Gutenberg header?)")
-    vocab = vocab or Vocab.from_text(text)
-    tokens = vocab.encode(text)
-    split = split_point(len(tokens), d.val_frac)
-    check_long_enough(split, d.seq_length)
-    if d.val_frac > 0 and len(tokens) - split < 2:
-        raise CharlmError(f"--val-frac {d.val_frac} holds out {len(tokens) - split} char(s); need at least 2")
-    return Corpus(text, vocab, tokens, split)
-
-
-def training_windows(corpus: Corpus, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """(starts, lengths) of the training windows, all inside the training part of the text.
-
-    For stateful streams, starts is [K, B] (batch k = row k); otherwise a flat array.
-    """
-    d, n = cfg.data, corpus.split
-    if d.stateful:
-        return stream_starts(n, cfg.train.batch_size, d.seq_length), None
-    if d.windowing == "sentences":
-        return sentence_windows(corpus.text[:n], d.seq_length)
-    return window_starts(n, d.seq_length, d.window_stride), None
-
-
-def summary_lines(corpus: Corpus, cfg: RunConfig) -> list[str]:
-    """The tutorial's three summary lines (plus the split, when there is one)."""
-    starts, _ = training_windows(corpus, cfg)
-    lines = [f"Total Characters: {len(corpus.tokens)}", f"Total Vocab: {corpus.vocab.size}",
-             f"Total Patterns: {starts.size}"]
-    if cfg.data.val_frac > 0:
-        lines.append(f"Train Characters: {corpus.split}, Val Characters: {len(corpus.tokens) - corpus.split} "
-                     f"(the contiguous last {cfg.data.val_frac:.0%})")
-    return lines
-
-
-def epoch_batches(corpus: Corpus, cfg: RunConfig, starts: np.ndarray, lengths: np.ndarray | None,
-                  epoch: int, skip: int = 0) -> Iterator[dict]:
-    """The batches of one epoch (shuffled windows, or streams in order), after the first `skip`.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same batches."""
-    T, B = cfg.data.seq_length, cfg.train.batch_size
-    if cfg.data.stateful:
-        for row in starts[skip:]:
-            yield gather_batch(corpus.tokens, row, T)
-        return
-    order = shuffled(np.arange(len(starts)), cfg.train.seed, epoch)[skip * B:]
-    for idx in batch_starts(order, B):
-        yield gather_batch(corpus.tokens, starts[idx], T, B, None if lengths is None else lengths[idx])
 
 
 @dataclass
@@ -256,6 +184,37 @@ def _data_parallel_placement(cfg: RunConfig, data_parallel: bool | None):
     return (lambda tree: jax.device_put(tree, replicated)), (lambda tree: jax.device_put(tree, split)), len(devices)
 
 
+def _epoch_record(epoch: int, state: TrainState, stats: EpochStats, cfg: RunConfig, corpus: Corpus,
+                  seconds: float, elapsed: float) -> tuple[dict, str]:
+    """The epoch's metrics.jsonl record (with the val loss, scored here, when there is a val split)
+    and its Keras-style log line."""
+    record = {"epoch": epoch, "step": int(state.step), "train_loss": stats.loss, "seconds": seconds,
+              "elapsed": elapsed, "chars_per_s": stats.chars / seconds}
+    line = (f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {1000 * seconds / max(stats.steps, 1):.0f}ms/step"
+            f" - {record['chars_per_s']:,.0f} chars/s - {train_metric(cfg)}: {stats.loss:.4f}")
+    if cfg.data.val_frac > 0:
+        record["val_loss"] = float(np.mean(validation_nll(state, cfg, corpus)))
+        record["val_bits_per_char"] = record["val_loss"] / math.log(2)
+        line += f" - {val_metric(cfg)}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
+    return record, line
+
+
+def _append_metrics(run_dir: Path, record: dict) -> None:
+    try:
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise CharlmError(f"cannot write {run_dir / 'metrics.jsonl'}: {e.strerror}; training stopped, "
+                          f"the checkpoints are kept") from None
+
+
+def _steps_left_in_budget(state: TrainState, stats: EpochStats, epoch_started: float, deadline: float) -> int:
+    """The step the time budget ends at, at the pace of the epoch just done (compiled and warm),
+    so a decaying lr schedule fitted to it ends when the time does."""
+    pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
+    return int(state.step) + int((deadline - time.monotonic()) / pace)
+
+
 def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
           source: str = "", log: Callable[[str], None] = print, progress: bool | None = None,
           data_parallel: bool | None = None, handle_signals: bool = True,
@@ -366,20 +325,11 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                     log(f"{name} received: stopped at epoch {epoch}, batch {position.batch} of {steps_per_epoch} "
                         f"(step {int(state.step)}) and saved {path}. Resume with the same command plus --resume.")
                     return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
-                seconds = time.monotonic() - epoch_started
-                loss = stats.loss
-                record = {"epoch": epoch, "step": int(state.step), "train_loss": loss, "seconds": seconds,
-                          "elapsed": time.monotonic() - started, "chars_per_s": stats.chars / seconds}
-                ms_per_step = 1000 * seconds / max(stats.steps, 1)
-                line = (f"Epoch {epoch}/{cfg.train.epochs} - {seconds:.0f}s - {ms_per_step:.0f}ms/step"
-                        f" - {record['chars_per_s']:,.0f} chars/s - {train_metric(cfg)}: {loss:.4f}")
-                if has_val:
-                    record["val_loss"] = float(np.mean(validation_nll(state, cfg, corpus)))
-                    record["val_bits_per_char"] = record["val_loss"] / math.log(2)
-                    line += f" - {monitor}: {record['val_loss']:.4f} ({record['val_bits_per_char']:.3f} bits/char)"
+                record, line = _epoch_record(epoch, state, stats, cfg, corpus, time.monotonic() - epoch_started,
+                                             time.monotonic() - started)
                 history.append(record)
                 log(line)
-                monitored = record["val_loss"] if has_val else loss
+                monitored = record["val_loss"] if has_val else record["train_loss"]
                 if not math.isfinite(monitored):
                     raise Diverged(f"{monitor} {monitored}")
                 if monitored < best_loss:
@@ -390,17 +340,9 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
                     best_loss = monitored
                 else:
                     log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
-                try:
-                    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-                except OSError as e:
-                    raise CharlmError(f"cannot write {run_dir / 'metrics.jsonl'}: {e.strerror}; training stopped, "
-                                      f"the checkpoints are kept") from None
+                _append_metrics(run_dir, record)
                 if epoch == 2 and fitted is None and deadline < math.inf and cfg.train.lr_schedule != "constant":
-                    # Fit the decay to the budget: as many steps as the remaining time allows at the
-                    # pace of this (compiled, warm) epoch, so the schedule ends when the time does.
-                    pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
-                    fits = int(state.step) + int((deadline - time.monotonic()) / pace)
+                    fits = _steps_left_in_budget(state, stats, epoch_started, deadline)
                     if fits < total_steps:
                         fitted = fits
                         state = state.replace(tx=make_optimizer(cfg, fits))

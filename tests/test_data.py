@@ -5,7 +5,7 @@ from charlm import data
 from charlm.config import make_run_config
 from charlm.data import Vocab
 from charlm.errors import CharlmError
-from charlm.trainer import prepare_corpus, summary_lines
+from charlm.dataset import prepare_corpus, summary_lines
 
 
 def test_vocab_is_sorted_distinct_chars_and_round_trips():
@@ -143,7 +143,7 @@ def test_stream_starts_cut_the_text_into_contiguous_streams():
 @pytest.mark.parametrize("mode", [{}, {"objective": "all"}, {"objective": "all", "stateful": True, "batch_size": 8},
                                   {"objective": "all", "windowing": "sentences"}])
 def test_no_val_char_is_in_any_training_window(wonderland_path, mode):
-    from charlm.trainer import training_windows
+    from charlm.dataset import training_windows
     cfg = make_run_config(val_frac=0.1, **mode)
     corpus = prepare_corpus(wonderland_path.read_text(encoding="utf-8"), cfg)
     starts, lengths = training_windows(corpus, cfg)
