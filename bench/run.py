@@ -181,7 +181,14 @@ def main() -> None:
     p.add_argument("--impls", nargs="+", choices=list(PEERS), default=list(PEERS), help="implementations to time")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3; 1 with --quick)")
     p.add_argument("--memory-mb", type=float, nargs="+", help="corpus sizes for the RSS part (default: 1 10 100)")
+    p.add_argument("--pool", nargs="+", metavar="JSON",
+                   help="runs nothing: prints the medians over all rounds of these result files together "
+                        "(several runs on a noisy machine)")
     args = p.parse_args()
+    if args.pool:
+        raw = [r for f in args.pool for r in json.loads(Path(f).read_text())["raw"]]
+        print(table(summarize(raw), []))
+        return
     s = dict(QUICK if args.quick else FULL)
     s.update({k: v for k, v in (("rounds", args.rounds), ("memory_mb", args.memory_mb)) if v is not None})
     text = str(Path(args.text).resolve())
