@@ -1,4 +1,6 @@
-"""The epoch loop: clean and encode the text, split off validation, step, report, keep the best.
+"""The epoch loop: step, report, keep the best checkpoint and the `last` one to resume from.
+
+The text is cleaned, encoded and split by `charlm.dataset`; resuming is `charlm.resume`.
 
 `train(raw_text, cfg, run_dir)` is what `train.py` calls and what a notebook calls.
 Metrics are pulled from the device only when shown (every few steps and at epoch end).
