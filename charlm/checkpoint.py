@@ -36,6 +36,11 @@ def _save_options(**kw) -> ocp.CheckpointManagerOptions:
                                         cleanup_tmp_directories=True, **kw)
 
 
+def _first_line(e: Exception) -> str:
+    """The start of an orbax/tensorstore error, which can run to many lines of JSON."""
+    return (str(e).splitlines() or [""])[0][:200]
+
+
 def _save(manager: ocp.CheckpointManager, key: int, tree: dict, meta: dict[str, Any], **kw) -> None:
     """One orbax save of arrays + JSON; any failure (disk full, permissions) is a one-line CharlmError.
     The slot's previous checkpoint is deleted only after the new one is complete, so it survives."""
@@ -44,9 +49,8 @@ def _save(manager: ocp.CheckpointManager, key: int, tree: dict, meta: dict[str, 
                      force=True, **kw)
         manager.wait_until_finished()
     except Exception as e:
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise CharlmError(f"could not save a checkpoint in {manager.directory} ({type(e).__name__}: {first}); "
-                          f"training stopped, the previous checkpoints are kept") from None
+        raise CharlmError(f"could not save a checkpoint in {manager.directory} ({type(e).__name__}: "
+                          f"{_first_line(e)}); training stopped, the previous checkpoints are kept") from None
 
 
 def _state_tree(state: TrainState, carry=None) -> dict:
@@ -64,7 +68,7 @@ class BestCheckpoint:
             self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
         except Exception as e:
             raise CharlmError(f"cannot open the best checkpoints in {self.directory} ({type(e).__name__}: "
-                              f"{(str(e).splitlines() or [''])[0][:200]})") from None
+                              f"{_first_line(e)})") from None
 
     def save(self, epoch: int, state: TrainState, meta: dict[str, Any], loss: float) -> Path:
         """Saves epoch `epoch` as the new best. An epoch that a time budget cut short and --resume then
@@ -88,7 +92,7 @@ class BestCheckpoint:
 def find_last(run_dir: str | Path) -> Path | None:
     """The `<run_dir>/last` slot if it holds a complete checkpoint, else None."""
     slot = Path(run_dir) / LAST
-    found = latest_step(slot) if slot.is_dir() else None
+    found = latest_step(slot)
     return slot if found and all((slot / str(found[1]) / part).is_dir() for part in ("meta", "state")) else None
 
 
@@ -97,7 +101,7 @@ def save_last(run_dir: str | Path, state: TrainState, meta: dict[str, Any], carr
 
     Saves are numbered 1, 2, ... so an epoch end and a signal at the same train step are two saves."""
     slot = Path(run_dir) / LAST
-    found = latest_step(slot) if slot.is_dir() else None
+    found = latest_step(slot)
     key = found[1] + 1 if found else 1
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
     with ocp.CheckpointManager(slot.absolute(), options=_save_options()) as manager:

@@ -8,10 +8,10 @@ The recurrent layer is the textbook LSTM cell (Keras gate order i, f, g, o; forg
 initialised to 1 as Keras' `unit_forget_bias`), with the four gates fused into one matmul:
   z_t = x_t W + h_{t-1} U + b;  i, f, g, o = split(z_t)
   c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g);  h_t = sigmoid(o) * tanh(c_t)
-Arrays are time-major inside ([T, B, ...]) because the scan runs over time. For the LSTM the
-input part x_t W + b is computed for all T steps at once and the recurrence runs in
-`charlm.recurrence`, whose hand-written backward pass is what makes a train step fast on CPU.
-The GRU runs there too.
+Arrays are time-major inside ([T, B, ...]) because the scan runs over time. Both cells run in
+`charlm.recurrence`, whose hand-written backward passes are what make a train step fast on
+CPU. One-hot inputs are a row lookup of W done here for all T steps; float inputs (the
+tutorial's scalar, an embedding, a lower layer's h) are projected step by step inside it.
 """
 
 from __future__ import annotations

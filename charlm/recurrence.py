@@ -31,10 +31,15 @@ import jax
 import jax.numpy as jnp
 
 
+def _cast(a, dtype):
+    """`a` in the matmul dtype (None: as it is). Kernels are cast once, before a loop."""
+    return a if dtype is None else a.astype(dtype)
+
+
 def _matmul(a, b, dtype):
     if dtype is None:
         return a @ b
-    return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.dot(_cast(a, dtype), _cast(b, dtype), preferred_element_type=jnp.float32)
 
 
 def _gate_constants(hidden: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -58,7 +63,7 @@ def _forward(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dty
     """The recurrence; returns ((h [T, B, H], final c, final h), residuals for the backward pass)."""
     H = U_Hx4H.shape[0]
     scale, shift, _ = _gate_constants(H, x_TxBxD.dtype)
-    U = U_Hx4H if matmul_dtype is None else U_Hx4H.astype(matmul_dtype)
+    U = _cast(U_Hx4H, matmul_dtype)
 
     def step(carry, inputs):
         c, h = carry
@@ -81,7 +86,7 @@ def _forward(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dty
 def _backward(matmul_dtype, residuals, cotangents):
     x_TxBxD, W_Dx4H, U_Hx4H, h0_BxH, hs, c_prev, gates, tanh_cs, mask_TxB = residuals
     dhs, dc_last, dh_last = cotangents
-    Ut = U_Hx4H.T if matmul_dtype is None else U_Hx4H.T.astype(matmul_dtype)
+    Ut = _cast(U_Hx4H.T, matmul_dtype)
     _, _, bump = _gate_constants(U_Hx4H.shape[0], hs.dtype)
 
     def step(carry, inputs):
@@ -169,7 +174,7 @@ def lstm_recurrence(x_TxBxD: jax.Array, W_Dx4H: jax.Array | None, b_4H: jax.Arra
 
 def _gru_forward(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_dtype):
     H = U_Hx3H.shape[0]
-    U = U_Hx3H if matmul_dtype is None else U_Hx3H.astype(matmul_dtype)
+    U = _cast(U_Hx3H, matmul_dtype)
 
     def step(h, inputs):
         x_t, m_t = inputs
@@ -191,7 +196,7 @@ def _gru_forward(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_
 def _gru_backward(matmul_dtype, residuals, cotangents):
     x_TxBxD, W_Dx3H, U_Hx3H, h0_BxH, hs, saved, mask_TxB = residuals
     dhs, dh_last = cotangents
-    Ut = U_Hx3H.T if matmul_dtype is None else U_Hx3H.T.astype(matmul_dtype)
+    Ut = _cast(U_Hx3H.T, matmul_dtype)
     h_prev = jnp.concatenate([h0_BxH[None], hs[:-1]], axis=0)
 
     def step(dh_in, inputs):

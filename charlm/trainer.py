@@ -172,12 +172,12 @@ def _data_parallel_placement(cfg: RunConfig, data_parallel: bool | None):
     axis over a 1-D mesh, and jit partitions the step; XLA inserts the gradient all-reduce.
     With None it is on when more than one device is visible."""
     devices = jax.local_devices()
-    if data_parallel is False or (data_parallel is None and len(devices) == 1):
-        return (lambda tree: tree), (lambda tree: tree), 1
     B = cfg.train.batch_size
-    if B % len(devices):
-        if data_parallel is None:  # automatic: fall back to one device rather than fail
-            return (lambda tree: tree), (lambda tree: tree), 1
+    uneven = B % len(devices) != 0
+    # Automatic mode falls back to one device (rather than failing) when the batch does not split.
+    if data_parallel is False or (data_parallel is None and (len(devices) == 1 or uneven)):
+        return (lambda tree: tree), (lambda tree: tree), 1
+    if uneven:
         raise CharlmError(f"--data-parallel splits each batch over {len(devices)} devices; "
                           f"--batch-size {B} is not a multiple of {len(devices)}")
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
