@@ -1,7 +1,8 @@
 """Self-contained orbax checkpoints: arrays through orbax, everything else as JSON.
 
 Layout of a run directory (`--ckpt-dir`):
-  best/<epoch>/state/   params, optimizer state and step (orbax StandardSave; OCDBT)
+  best/<epoch>/state/   params (the moving average, when training kept one), optimizer state and
+                        step (orbax StandardSave; OCDBT)
   best/<epoch>/meta/    JSON: configs, vocabulary, epoch, loss, seed windows, corpus fingerprint
   metrics.jsonl         one JSON line per epoch (written by the trainer)
 Only the best checkpoint is kept. Loading never unpickles anything: orbax reads arrays
@@ -55,6 +56,8 @@ def _save(manager: ocp.CheckpointManager, key: int, tree: dict, meta: dict[str, 
 
 def _state_tree(state: TrainState, carry=None) -> dict:
     tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+    if state.ema_params is not None:
+        tree["ema_params"] = state.ema_params
     return tree if carry is None else {**tree, "carry": carry}
 
 
@@ -76,6 +79,8 @@ class BestCheckpoint:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "epoch": epoch, "loss": loss}
         if epoch in self._manager.all_steps():
             self._manager.delete(epoch)
+        if state.ema_params is not None:  # the averaged weights are the model; `last` keeps the raw ones
+            state = state.replace(params=state.ema_params)
         _save(self._manager, epoch, _state_tree(state), meta, metrics={"loss": float(loss)})
         return self.directory / str(epoch)
 
@@ -225,5 +230,6 @@ def restore(path: str | Path, carry=None) -> tuple[TrainState, RunConfig, Vocab,
         raise CharlmError(f"cannot restore checkpoint {best / str(step)}: its array files are damaged, missing "
                           f"or do not match its metadata ({type(e).__name__}: {detail})") from None
     total_steps = meta.get("total_steps", 1) if isinstance(meta.get("total_steps"), int) else 1
-    state = train_state_from(cfg, tree["params"], tree["opt_state"], tree["step"], total_steps)
+    state = train_state_from(cfg, tree["params"], tree["opt_state"], tree["step"], total_steps,
+                             tree.get("ema_params"))
     return state, cfg, vocab, {**meta, "carry": tree.get("carry")}

@@ -13,9 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES, PRECISIONS, PRESETS,
-                           WINDOWINGS,
-                           make_run_config)
+from charlm.config import (CELLS, DEFAULT_PRESET, DYNAMIC_METHODS, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES,
+                           PRECISIONS, PRESETS, WINDOWINGS, DynamicSettings, make_run_config)
 from charlm.corpus import ERRORS
 from charlm.errors import CharlmError, Interrupted
 
@@ -73,8 +72,12 @@ def train_parser() -> argparse.ArgumentParser:
                      help="use the text exactly as given (default: drop a Gutenberg header/footer)")
     src.add_argument("--strip-punctuation", action="store_true", default=None,
                      help="remove punctuation from the text (tutorial extension 2; default: keep it)")
-    src.add_argument("--val-frac", type=float, help=f"hold out this contiguous tail of the text for validation; "
-                     f"the best checkpoint is then chosen by val loss {_preset_default('data', 'val_frac')}")
+    src.add_argument("--val-frac", type=float, help=f"validate on this share of the text, the contiguous slice before "
+                     f"the test tail (or the tail itself); the best checkpoint and early stopping then go by "
+                     f"val loss {_preset_default('data', 'val_frac')}")
+    src.add_argument("--test-frac", type=float, help=f"hold out the contiguous last share of the text from training, "
+                     f"validation and tuning; score it afterwards with `python -m charlm.evaluate --ckpt DIR "
+                     f"--val-frac F` {_preset_default('data', 'test_frac')}")
     win = p.add_argument_group("windows and objective")
     win.add_argument("--seq-length", type=int, help=f"chars per window {_preset_default('data', 'seq_length')}")
     win.add_argument("--stride", type=int,
@@ -105,6 +108,24 @@ def train_parser() -> argparse.ArgumentParser:
                           f"CPUs with AVX512-BF16 and on GPUs) {_preset_default('model', 'precision')}")
     net.add_argument("--input-dropout", type=float,
                      help=f"dropout on the inputs (tutorial extension 6) {_preset_default('model', 'input_dropout')}")
+    reg = p.add_argument_group("regularisation (for when the val loss rises while the train loss falls)")
+    reg.add_argument("--variational", action=argparse.BooleanOptionalAction, default=None,
+                     help=f"one --dropout/--input-dropout mask per sequence, the same at every step "
+                          f"(Gal & Ghahramani) {_preset_default('model', 'variational')}")
+    reg.add_argument("--weight-drop", type=float,
+                     help=f"DropConnect on each recurrent kernel, one mask per batch (AWD-LSTM) "
+                          f"{_preset_default('model', 'weight_drop')}")
+    reg.add_argument("--embed-dropout", type=float,
+                     help=f"drop whole chars from the embed/onehot input, one mask per batch (AWD-LSTM) "
+                          f"{_preset_default('model', 'embed_dropout')}")
+    reg.add_argument("--weight-decay", type=float,
+                     help=f"decoupled AdamW weight decay of the kernels (not biases or embedding) "
+                          f"{_preset_default('train', 'weight_decay')}")
+    reg.add_argument("--ema-decay", type=float,
+                     help=f"average the weights (e.g. 0.999); validation and the best checkpoint use the "
+                          f"average, --resume the raw weights; 0: off {_preset_default('train', 'ema_decay')}")
+    reg.add_argument("--patience", type=int,
+                     help="early stopping: end after this many epochs without a better val loss (default: off)")
     opt = p.add_argument_group("training")
     opt.add_argument("--epochs", type=int, help=f"passes over the windows {_preset_default('train', 'epochs')}")
     opt.add_argument("--batch-size", type=int, help=f"windows per step {_preset_default('train', 'batch_size')}")
@@ -228,10 +249,21 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("stream", "last-window"), default="stream",
                    help="stream: state carried through the text; last-window: the tutorial's metric, the char "
                         "after each seq_length window from a zero state (default: %(default)s)")
-    p.add_argument("--dynamic", action="store_true",
-                   help="also report dynamic evaluation (stream metric only; default: off)")
-    p.add_argument("--dynamic-lr", type=float, help="SGD step of dynamic evaluation (default: tuned, see BENCHMARKS.md)")
-    p.add_argument("--dynamic-segment", type=int, help="chars per dynamic-evaluation update (default: tuned)")
+    dyn = p.add_argument_group("dynamic evaluation (Krause et al. 2018): adapt to the text while scoring it")
+    dyn.add_argument("--dynamic", action="store_true",
+                     help="also report dynamic evaluation (stream metric only; default: off)")
+    defaults = DynamicSettings()
+    dyn.add_argument("--dynamic-method", choices=DYNAMIC_METHODS, default=defaults.method,
+                     help="rms: Krause's RMS-normalised steps, statistics from training text; sgd: plain steps "
+                          "(default: %(default)s)")
+    dyn.add_argument("--dynamic-lr", type=float, default=defaults.lr,
+                     help="step size (default: %(default)s, chosen on Alice's validation slice; for sgd try 3e-2)")
+    dyn.add_argument("--dynamic-decay", type=float, default=defaults.decay,
+                     help="pull toward the trained weights per update (default: %(default)s)")
+    dyn.add_argument("--dynamic-segment", type=int, default=defaults.segment,
+                     help="chars scored between two updates (default: %(default)s)")
+    dyn.add_argument("--adapt-chars", type=int, default=defaults.adapt_chars,
+                     help="adapt first on this many chars before the scored tail, unscored (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table (default: off)")
     return p
 
@@ -245,10 +277,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
         from charlm.evaluate import evaluate_checkpoint
 
+        dynamic = DynamicSettings(args.dynamic_method, args.dynamic_lr, args.dynamic_decay, args.dynamic_segment,
+                                  args.adapt_chars) if args.dynamic else None
         report = evaluate_checkpoint(args.ckpt, args.text, val_frac=args.val_frac, metric=args.metric,
-                                     dynamic=args.dynamic, dynamic_lr=args.dynamic_lr,
-                                     dynamic_segment=args.dynamic_segment, encoding=args.encoding,
-                                     errors=args.errors)
+                                     dynamic=dynamic, encoding=args.encoding, errors=args.errors)
         if args.json:
             print(json.dumps(report))
             return
@@ -257,6 +289,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         for name, r in rows:
             print(f"{name:8s} {report['metric']:12s} {r['nats_per_char']:.4f} nats/char  "
                   f"{r['bits_per_char']:.4f} bits/char  perplexity {r['perplexity']:.3f}  over {r['chars']} chars")
+        if "dynamic_settings" in report:
+            ds = report["dynamic_settings"]
+            print(f"dynamic: {ds['method']}, lr {ds['lr']:g}, decay {ds['decay']:g}, segment {ds['segment']}, "
+                  f"adapted first on the {ds['adapted_chars']} chars before the scored ones")
 
     return _guarded("charlm.evaluate", run)
 

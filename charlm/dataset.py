@@ -20,12 +20,16 @@ from charlm.errors import CharlmError
 
 @dataclass(frozen=True)
 class Corpus:
-    """The cleaned text, its vocabulary, its ids and where validation starts."""
+    """The cleaned text, its vocabulary, the ids training may see and where validation starts.
 
-    text: str
-    vocab: Vocab
-    tokens: np.ndarray
-    split: int  # tokens[:split] train, tokens[split:] validate
+    With a test split the held-out tail is cut off `tokens` here, so no training window,
+    validation pass or tuning call downstream can reach it."""
+
+    text: str          # the whole cleaned text (its fingerprint identifies the run's corpus)
+    vocab: Vocab       # of the whole text, so the test tail can be scored later
+    tokens: np.ndarray  # ids of the text without the test tail: train, then validation
+    split: int         # tokens[:split] train, tokens[split:] validate
+    test_chars: int = 0  # chars of the held-out test tail (not in tokens)
 
     @property
     def train_tokens(self) -> np.ndarray:
@@ -44,11 +48,21 @@ def prepare_corpus(raw_text: str, cfg: RunConfig, vocab: Vocab | None = None) ->
         raise CharlmError("the text is empty after cleaning (was it only a Gutenberg header?)")
     vocab = vocab or Vocab.from_text(text)
     tokens = vocab.encode(text)
-    split = split_point(len(tokens), d.val_frac)
+    test_start, split = held_out_splits(len(tokens), d.val_frac, d.test_frac)
     check_long_enough(split, d.seq_length)
-    if d.val_frac > 0 and len(tokens) - split < 2:
-        raise CharlmError(f"--val-frac {d.val_frac} holds out {len(tokens) - split} char(s); need at least 2")
-    return Corpus(text, vocab, tokens, split)
+    if d.val_frac > 0 and test_start - split < 2:
+        raise CharlmError(f"--val-frac {d.val_frac} holds out {test_start - split} char(s); need at least 2")
+    if d.test_frac > 0 and len(tokens) - test_start < 2:
+        raise CharlmError(f"--test-frac {d.test_frac} holds out {len(tokens) - test_start} char(s); need at least 2")
+    return Corpus(text, vocab, tokens[:test_start], split, len(tokens) - test_start)
+
+
+def held_out_splits(n_tokens: int, val_frac: float, test_frac: float) -> tuple[int, int]:
+    """(test start, val start): the test tail is the last test_frac of the text and the val slice
+    the val_frac before it, both shares of the whole text. So `evaluate --val-frac F` on the
+    training text scores exactly the tail a run with `--test-frac F` held out."""
+    test_start = split_point(n_tokens, test_frac)
+    return test_start, split_point(n_tokens, val_frac + test_frac) if val_frac > 0 else test_start
 
 
 def training_windows(corpus: Corpus, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray | None]:
@@ -67,11 +81,16 @@ def training_windows(corpus: Corpus, cfg: RunConfig) -> tuple[np.ndarray, np.nda
 def summary_lines(corpus: Corpus, cfg: RunConfig) -> list[str]:
     """The tutorial's three summary lines (plus the split, when there is one)."""
     starts, _ = training_windows(corpus, cfg)
-    lines = [f"Total Characters: {len(corpus.tokens)}", f"Total Vocab: {corpus.vocab.size}",
+    lines = [f"Total Characters: {len(corpus.tokens) + corpus.test_chars}", f"Total Vocab: {corpus.vocab.size}",
              f"Total Patterns: {starts.size}"]
-    if cfg.data.val_frac > 0:
-        lines.append(f"Train Characters: {corpus.split}, Val Characters: {len(corpus.tokens) - corpus.split} "
-                     f"(the contiguous last {cfg.data.val_frac:.0%})")
+    if cfg.data.val_frac > 0 or corpus.test_chars:
+        line = f"Train Characters: {corpus.split}, Val Characters: {len(corpus.tokens) - corpus.split}"
+        if corpus.test_chars:
+            line += (f", Test Characters: {corpus.test_chars} (the contiguous last {cfg.data.test_frac:.0%}, "
+                     f"held out from training and validation)")
+        else:
+            line += f" (the contiguous last {cfg.data.val_frac:.0%})"
+        lines.append(line)
     return lines
 
 

@@ -9,7 +9,14 @@ Three ways to score, all returning one NLL (nats) per scored char:
   dynamic (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models"): stream
     scoring segment by segment, taking a gradient step on each segment after scoring it,
     so the model adapts to the text as an adaptive compressor does. A char is always
-    scored before the model has trained on it.
+    scored before the model has trained on it. Two update rules:
+      rms (Krause's): theta -= lr * g / (rms + eps) + decay * min(rms / mean(rms), 1/decay)
+        * (theta - theta_0), with rms the per-parameter root-mean-square gradient of one
+        segment, gathered on training text and floored at `rms_floor` x its mean; the decay
+        pulls toward the trained weights.
+      sgd: theta -= lr * g + decay * (theta - theta_0).
+    Before the scored tail the model may adapt on the `adapt_chars` that precede it (read
+    and updated on, not scored), as PPMd reads all the text before the part it codes.
 
 Run as `python -m charlm.evaluate --ckpt DIR --text FILE` (see charlm.cli).
 """
@@ -25,21 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charlm.config import ModelConfig
+from charlm.config import DynamicSettings, ModelConfig
 from charlm.data import gather_batch, split_point, window_starts
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, zero_carry
 from charlm.training import sequence_nll
 
 SEGMENT = 256               # chars per jitted call when streaming
-# Dynamic evaluation's defaults: the best point of a 4 x 3 grid (lr 1e-3..3e-2, segment 20..100)
-# on the fast preset's held-out Alice tail (bench/learning.py, BENCHMARKS.md). Tuned on the
-# tail it is then reported on, so the dynamic figure is optimistic by the tuning.
-DYNAMIC_SEGMENT = 20        # chars scored between two dynamic-evaluation updates
-DYNAMIC_LR = 3e-2           # SGD step size
 VAL_CONTEXT = 1000          # train chars that warm up the state before the val tail is scored
-
-
 @dataclass(frozen=True)
 class Score:
     nats_per_char: float
@@ -107,36 +107,102 @@ def stream_nll(params, cfg: ModelConfig, tokens: np.ndarray, context: np.ndarray
     return np.concatenate(out)[:len(inputs)]
 
 
-@functools.partial(jax.jit, static_argnames="cfg", donate_argnums=(0, 1))
-def _dynamic_segment(params, opt_state, cfg: ModelConfig, carry, inputs_1xS, targets_1xS, mask_1xS, lr):
-    def loss(p):
-        logits, new_carry = CharLSTM(cfg).apply({"params": p}, inputs_1xS, carry, mask_BxT=mask_1xS)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets_1xS)
-        total, count = sequence_nll(logits, targets_1xS, mask_1xS.astype(jnp.float32))
-        return total / jnp.maximum(count, 1.0), (nll[0], new_carry)
-
-    (_, (nll, carry)), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    updates, opt_state = optax.sgd(lr).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, nll, jax.lax.stop_gradient(carry)
+def _segment_loss(params, cfg: ModelConfig, carry, inputs_1xS, targets_1xS, mask_1xS):
+    """Mean NLL of one segment, with (per-char NLL, carry after it) as aux."""
+    logits, new_carry = CharLSTM(cfg).apply({"params": params}, inputs_1xS, carry, mask_BxT=mask_1xS)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets_1xS)
+    total, count = sequence_nll(logits, targets_1xS, mask_1xS.astype(jnp.float32))
+    return total / jnp.maximum(count, 1.0), (nll[0], new_carry)
 
 
-def dynamic_nll(params, cfg: ModelConfig, tokens: np.ndarray, context: np.ndarray | None = None,
-                segment: int = DYNAMIC_SEGMENT, lr: float = DYNAMIC_LR) -> np.ndarray:
-    """Per-char NLL under dynamic evaluation: score a segment, then one SGD step on it.
+@functools.partial(jax.jit, static_argnames=("cfg", "method"), donate_argnums=(0,))
+def _dynamic_segment(params, trained, rms, decay_rate, cfg: ModelConfig, carry, inputs_1xS, targets_1xS,
+                     mask_1xS, lr, decay, eps, method: str):
+    """Scores a segment with `params`, then updates them on it: (params, nll, carry)."""
+    (_, (nll, carry)), grads = jax.value_and_grad(_segment_loss, has_aux=True)(
+        params, cfg, carry, inputs_1xS, targets_1xS, mask_1xS)
+    if method == "rms":
+        def update(p, p0, g, r, d):
+            return p - lr * g / (r + eps) + decay * d * (p0 - p)
+        params = jax.tree.map(update, params, trained, grads, rms, decay_rate)
+    else:
+        params = jax.tree.map(lambda p, p0, g: p - lr * g + decay * (p0 - p), params, trained, grads)
+    return params, nll, jax.lax.stop_gradient(carry)
 
-    The NLL of a segment comes from the forward pass that precedes its update, so no char
-    is scored by a model that has seen it. Context chars (if any) are only read, never
-    trained on. `params` is not modified (the adapted copy is discarded).
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _squared_grads(params, cfg: ModelConfig, carry, inputs_BxS, targets_BxS):
+    """Sum over B streams of each stream's squared segment gradient, and the carry after it."""
+    def one(c, x, y):
+        c = jax.tree.map(lambda a: a[None], c)
+        (_, (_, c)), g = jax.value_and_grad(_segment_loss, has_aux=True)(
+            params, cfg, c, x[None], y[None], jnp.ones((1, x.shape[0]), bool))
+        return jax.tree.map(jnp.square, g), jax.tree.map(lambda a: a[0], c)
+    sq, carry = jax.vmap(one)(carry, inputs_BxS, targets_BxS)
+    return jax.tree.map(lambda a: a.sum(axis=0), sq), carry
+
+
+def gradient_rms(params, cfg: ModelConfig, train_tokens: np.ndarray, segment: int = 20, segments: int = 512,
+                 streams: int = 16):
+    """Per-parameter root-mean-square gradient of one segment's mean NLL, over `segments` segments
+    of training text read as `streams` contiguous streams (Krause et al.'s MS_g statistics)."""
+    n = len(train_tokens) - 1
+    rows = max(1, min(segments // streams, n // (streams * segment)))
+    streams = max(1, min(streams, n // (rows * segment)))
+    span = rows * segment
+    if span * streams > n:
+        raise CharlmError(f"the training text ({len(train_tokens)} chars) is too short for dynamic-evaluation "
+                          f"statistics over {segment}-char segments")
+    tokens = np.asarray(train_tokens, np.int32)
+    starts = np.arange(streams) * (n // streams)
+    carry = zero_carry(cfg, streams)
+    total = jax.tree.map(jnp.zeros_like, params)
+    for k in range(rows):
+        at = starts[:, None] + k * segment + np.arange(segment)[None, :]
+        sq, carry = _squared_grads(params, cfg, carry, tokens[at], tokens[at + 1])
+        total = jax.tree.map(jnp.add, total, sq)
+    return jax.tree.map(lambda t: jnp.sqrt(t / (rows * streams)), total)
+
+
+def dynamic_nll(params, cfg: ModelConfig, tokens: np.ndarray, before: np.ndarray | None = None,
+                settings: DynamicSettings = DynamicSettings(), rms=None) -> tuple[np.ndarray, int]:
+    """Per-char NLL of `tokens` under dynamic evaluation, and the number of chars adapted on first.
+
+    The last `settings.adapt_chars` of `before` (the text preceding `tokens`) are read and adapted
+    on, unscored, after the state warms up statically on the VAL_CONTEXT chars before them; then
+    every char of `tokens` is scored by the model as adapted on all text before its segment. The
+    NLL of a segment comes from the forward pass that precedes its update, so no char is scored
+    by a model that has seen it. `rms` (method rms) is `gradient_rms` on training text. `params`
+    is not modified (the adapted copy is discarded).
     """
-    carry, inputs, targets = _start(params, cfg, tokens, context, segment)
-    ids, tgt, mask = _segments(inputs, targets, segment)
+    s = settings
+    before = np.zeros(0, np.int32) if before is None else np.asarray(before, np.int32)
+    adapt_start = max(0, len(before) - s.adapt_chars)
+    adapted = len(before) - adapt_start
+    seq = np.concatenate([before[adapt_start:], np.asarray(tokens, np.int32)])
+    warm = before[max(0, adapt_start - VAL_CONTEXT):adapt_start]
+    carry, inputs, targets = _start(params, cfg, seq, warm if len(warm) else None, s.segment)
+    ids, tgt, mask = _segments(inputs, targets, s.segment)
+    trained = params
+    if s.method == "rms":
+        if rms is None:
+            raise CharlmError("rms dynamic evaluation needs gradient statistics (gradient_rms on training text)")
+        mean_rms = sum(float(jnp.sum(r)) for r in jax.tree.leaves(rms)) / sum(r.size for r in jax.tree.leaves(rms))
+        # A parameter that training text hardly moves (a rare char's embedding row: RMS 0) would
+        # take a step of lr * g / eps the first time the scored text touches it: floor its RMS.
+        rms = jax.tree.map(lambda r: jnp.maximum(r, s.rms_floor * mean_rms), rms)
+        cap = 1.0 / s.decay if s.decay > 0 else 1.0
+        decay_rate = jax.tree.map(lambda r: jnp.minimum(r / mean_rms, cap), rms)
+    else:
+        rms = decay_rate = jax.tree.map(jnp.zeros_like, params)
     params = jax.tree.map(jnp.array, params)  # a private copy: the update donates its buffers
-    opt_state = optax.sgd(lr).init(params)
     out = []
     for k in range(len(ids)):
-        params, opt_state, nll, carry = _dynamic_segment(params, opt_state, cfg, carry, ids[k], tgt[k], mask[k], lr)
+        params, nll, carry = _dynamic_segment(params, trained, rms, decay_rate, cfg, carry, ids[k], tgt[k], mask[k],
+                                              s.lr, s.decay, s.eps, s.method)
         out.append(np.asarray(nll))
-    return np.concatenate(out)[:len(inputs)]
+    nll = np.concatenate(out)[:len(inputs)]
+    return nll[len(nll) - len(tokens):], adapted
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -177,23 +243,21 @@ def tail_nll(params, cfg: ModelConfig, tokens: np.ndarray, split: int, seq_lengt
 
 
 def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: float = 0.0, metric: str = "stream",
-                        dynamic: bool = False, dynamic_lr: float | None = None,
-                        dynamic_segment: int | None = None, encoding: str = "utf-8", errors: str = "strict") -> dict:
+                        dynamic: DynamicSettings | None = None, encoding: str = "utf-8",
+                        errors: str = "strict") -> dict:
     """Scores a text file with the checkpoint under `ckpt`, as the evaluate CLI reports it.
 
     Returns {nats_per_char, bits_per_char, perplexity, chars, metric, text, scored} and, with
-    `dynamic`, a "dynamic" dict of the same four figures. `encoding` and `errors` are read_text's.
+    `dynamic` settings, a "dynamic" dict of the same four figures plus "dynamic_settings" (the
+    settings and the chars adapted on). `encoding` and `errors` are read_text's.
     """
     from charlm.checkpoint import config_from_meta, read_meta, restore
-    from charlm.corpus import clean_text, read_text
+    from charlm.corpus import clean_text, fingerprint, read_text
 
     if not 0.0 <= val_frac < 1.0:
         raise CharlmError(f"--val-frac must be in [0, 1), got {val_frac!r}")
-    if dynamic and metric != "stream":
+    if dynamic is not None and metric != "stream":
         raise CharlmError("--dynamic works with the stream metric only")
-    for name, value in (("--dynamic-lr", dynamic_lr), ("--dynamic-segment", dynamic_segment)):
-        if value is not None and value <= 0:
-            raise CharlmError(f"{name} must be positive, got {value!r}")
     meta = read_meta(ckpt)  # the text is read and checked before the arrays are loaded
     cfg, vocab = config_from_meta(meta)
     if text_path is None:
@@ -218,10 +282,18 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
     report = {**Score.from_nll(nll).to_dict(), "metric": metric, "text": str(text_path),
               "scored": f"{len(tokens)} chars after cleaning; scored " +
                         (f"the last {100 * val_frac:.3g}%" if val_frac else "all")}
-    if dynamic:
-        kwargs = {k: v for k, v in (("lr", dynamic_lr), ("segment", dynamic_segment)) if v is not None}
-        report["dynamic"] = Score.from_nll(dynamic_nll(state.params, cfg.model, tokens[split:],
-                                                       tail_context(tokens, split), **kwargs)).to_dict()
+    if dynamic is not None:
+        corpus = meta.get("corpus") or {}
+        # RMS statistics come from training text: the checkpoint's own training part when this is
+        # its text, else the text before the scored tail.
+        train_end = corpus["split"] if corpus.get("fingerprint") == fingerprint(text) and "split" in corpus else split
+        rms = None
+        if dynamic.method == "rms":
+            rms = gradient_rms(state.params, cfg.model, tokens[:min(train_end, split) or split], dynamic.segment,
+                               dynamic.stat_segments)
+        dyn, adapted = dynamic_nll(state.params, cfg.model, tokens[split:], tokens[:split], dynamic, rms)
+        report["dynamic"] = Score.from_nll(dyn).to_dict()
+        report["dynamic_settings"] = {**asdict(dynamic), "adapted_chars": adapted}
     return report
 
 

@@ -12,6 +12,10 @@ Arrays are time-major inside ([T, B, ...]) because the scan runs over time. Both
 `charlm.recurrence`, whose hand-written backward passes are what make a train step fast on
 CPU. One-hot inputs are a row lookup of W done here for all T steps; float inputs (the
 tutorial's scalar, an embedding, a lower layer's h) are projected step by step inside it.
+
+The regularisers (variational dropout, DropConnect on U, embedding dropout) all act on the
+recurrence's inputs and kernels, outside its custom backward pass: autodiff carries their
+masks, and the hand-written gradient of the recurrence itself is unchanged.
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ class RecurrentLayer(nn.Module):
     dtype: Any = jnp.float32
     matmul_dtype: Any = None  # None: dtype; jnp.bfloat16: bf16 recurrent matmuls
 
+    weight_drop: float = 0.0  # DropConnect on the recurrent kernel while training
+
     @nn.compact
-    def __call__(self, x_TxB_, carry, mask_TxB=None, scale_TxB=None, *, in_features: int):
+    def __call__(self, x_TxB_, carry, mask_TxB=None, scale_TxB=None, *, in_features: int,
+                 deterministic: bool = True):
         """Runs the layer; `scale_TxB` multiplies each step's input projection (input dropout
         on one-hot ids). Returns (final carry, h [T, B, H])."""
         H = self.hidden
@@ -72,6 +79,12 @@ class RecurrentLayer(nn.Module):
         b_GH = self.param("bias", bias_init, (gates * H,), self.dtype)
         if self.cell == "gru":  # the recurrent bias sits inside r * (h U + b_h), so it is separate
             bh_GH = self.param("recurrent_bias", nn.initializers.zeros, (gates * H,), self.dtype)
+
+        if self.weight_drop > 0 and not deterministic:
+            # DropConnect (AWD-LSTM): one mask over U per batch, applied before the recurrence, so
+            # its hand-written backward pass sees an ordinary kernel and autodiff masks dU.
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.weight_drop, U_HxGH.shape)
+            U_HxGH = U_HxGH * keep.astype(U_HxGH.dtype) / (1 - self.weight_drop)
 
         # Float inputs are projected step by step inside the recurrence; one-hot ids are a row
         # lookup of W done here for all steps (scaled by input dropout), passed in pre-projected.
@@ -128,23 +141,40 @@ class CharLSTM(nn.Module):
             x, features, lookup = embed(ids_TxB), cfg.embed_dim, False
 
         scale_TxB = None
+        if cfg.embed_dropout > 0 and not deterministic:
+            # Embedding dropout (AWD-LSTM): a char's row dropped for the whole batch is the same as
+            # zeroing its input wherever it occurs, so the kept rows are rescaled by id here.
+            keep_V = jax.random.bernoulli(self.make_rng("dropout"), 1 - cfg.embed_dropout, (V,))
+            scale_TxB = (keep_V.astype(self.dtype) / (1 - cfg.embed_dropout))[ids_TxB]
+            if not lookup:
+                x, scale_TxB = x * scale_TxB[..., None], None
+        # Variational dropout (Gal & Ghahramani): one mask per sequence, broadcast over time (axis 0).
+        over_time = (0,) if cfg.variational else ()
         if cfg.input_dropout > 0 and not deterministic:  # tutorial extension 6: dropout on the inputs
             if lookup:  # dropping a one-hot vector = zeroing (and rescaling) its row of x W
-                keep_TxB = jax.random.bernoulli(self.make_rng("dropout"), 1 - cfg.input_dropout, ids_TxB.shape)
-                scale_TxB = keep_TxB.astype(self.dtype) / (1 - cfg.input_dropout)
+                keep_shape = (ids_TxB.shape[1], V) if cfg.variational else ids_TxB.shape
+                keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - cfg.input_dropout, keep_shape)
+                if cfg.variational:  # sequence b drops the same input ids at every step
+                    keep = jnp.take_along_axis(keep, ids_TxB.T, axis=1).T
+                kept = keep.astype(self.dtype) / (1 - cfg.input_dropout)
+                scale_TxB = kept if scale_TxB is None else scale_TxB * kept
             else:
-                x = nn.Dropout(cfg.input_dropout, deterministic=False, name="input_dropout")(x)
+                x = nn.Dropout(cfg.input_dropout, broadcast_dims=over_time, deterministic=False,
+                               name="input_dropout")(x)
 
         new_carry = []
         for layer in range(cfg.layers):
             rnn = RecurrentLayer(H, cfg.cell, lookup=lookup and layer == 0, dtype=self.dtype,
-                                 matmul_dtype=MATMUL_DTYPES[cfg.precision], name=f"{cfg.cell}_{layer}")
+                                 matmul_dtype=MATMUL_DTYPES[cfg.precision], weight_drop=cfg.weight_drop,
+                                 name=f"{cfg.cell}_{layer}")
             layer_carry, x = rnn(x, carry[layer], mask_TxB, scale_TxB if layer == 0 else None,
-                                 in_features=features if layer == 0 else H)
+                                 in_features=features if layer == 0 else H, deterministic=deterministic)
             new_carry.append(layer_carry)
             if last_only and layer == cfg.layers - 1:
                 x = x[-1]
-            x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+            # between layers and before the Dense; a last-only [B, H] has no time axis to share over
+            x = nn.Dropout(cfg.dropout, broadcast_dims=over_time if x.ndim == 3 else (),
+                           deterministic=deterministic)(x)
         logits = nn.Dense(V, dtype=self.dtype, param_dtype=self.dtype, name="output")(x)
         return (logits if last_only else jnp.swapaxes(logits, 0, 1)), tuple(new_carry)
 

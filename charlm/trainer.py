@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from charlm import checkpoint
+from charlm.callbacks import Diverged, EarlyStopping, KeepBest, LastCheckpoint, TimeBudget
 from charlm.config import RunConfig
 from charlm.corpus import fingerprint
 from charlm.data import seed_windows
@@ -33,11 +34,13 @@ from charlm.errors import CharlmError
 from charlm.evaluate import tail_nll
 from charlm.model import zero_carry
 from charlm.resume import Position, StopRequests, resume_point
-from charlm.training import TrainState, create_train_state, make_optimizer, stateful_train_step, train_step
+from charlm.training import TrainState, create_train_state, eval_params, make_optimizer, stateful_train_step, train_step
 
 NUM_SEEDS = 16          # seed windows stored in each checkpoint for sample.py
 PROGRESS_EVERY = 20     # steps between progress-bar refreshes (each one syncs with the device)
 DEFAULT_SAVE_EVERY_MINUTES = 5.0  # the `last` checkpoint within an epoch: the most a crash can lose
+
+
 def train_metric(cfg: RunConfig) -> str:
     """Names the training loss, so no printed number is ambiguous."""
     return "train loss (last-char)" if cfg.data.objective == "last" else "train loss (all-chars)"
@@ -52,7 +55,7 @@ def val_metric(cfg: RunConfig) -> str:
 def validation_nll(state: TrainState, cfg: RunConfig, corpus: Corpus) -> np.ndarray:
     """One NLL (nats) per val char, each predicted from text that precedes it."""
     metric = "last-window" if cfg.data.objective == "last" else "stream"
-    return tail_nll(state.params, cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
+    return tail_nll(eval_params(state), cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
 
 
 @dataclass
@@ -71,10 +74,6 @@ class EpochStats:
     chars: int       # input chars processed in this call
     stopped: bool    # the time budget ran out before the epoch ended
     signal: int | None = None  # a stop signal arrived; the epoch is unfinished
-
-
-class Diverged(CharlmError):
-    pass
 
 
 def _loss_diverged(state: TrainState) -> Diverged:
@@ -143,12 +142,6 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
     return state, EpochStats(loss, i + 1, chars, stopped, signum), after, carry
 
 
-def _check_finite(state: TrainState, epoch: int) -> None:
-    """The last update can make the params NaN while the loss that produced it was finite."""
-    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params)):
-        raise Diverged(f"step {int(state.step)} (the parameters became NaN or inf)")
-
-
 def _check_writable(run_dir: Path) -> None:
     """Fails before any work when the checkpoints could not be written."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -210,13 +203,6 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
                           f"the checkpoints are kept") from None
 
 
-def _steps_left_in_budget(state: TrainState, stats: EpochStats, epoch_started: float, deadline: float) -> int:
-    """The step the time budget ends at, at the pace of the epoch just done (compiled and warm),
-    so a decaying lr schedule fitted to it ends when the time does."""
-    pace = (time.monotonic() - epoch_started) / max(stats.steps, 1)
-    return int(state.step) + int((deadline - time.monotonic()) / pace)
-
-
 def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
           source: str = "", log: Callable[[str], None] = print, progress: bool | None = None,
           data_parallel: bool | None = None, handle_signals: bool = True,
@@ -238,7 +224,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
     else the lowest train loss (the tutorial's monitor='loss'). The `last` checkpoint is written
     at the end of every epoch, every `save_every_minutes` and on SIGINT/SIGTERM; --resume continues
-    from it exactly.
+    from it exactly. With cfg.train.ema_decay the averaged weights are validated and saved as best.
     """
     run_dir = Path(run_dir)
     _check_writable(run_dir)
@@ -251,124 +237,75 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     steps_per_epoch = len(starts) if cfg.data.stateful else math.ceil(len(starts) / B)
     total_steps = steps_per_epoch * cfg.train.epochs
     place_state, place_batch, n_devices = _data_parallel_placement(cfg, data_parallel)
-
-    existing = run_dir.exists() and (checkpoint.latest_step(run_dir) or checkpoint.find_last(run_dir))
-    carry = None
-    if resume:
-        if not existing:
-            raise CharlmError(f"nothing to resume: {run_dir} holds no charlm checkpoint")
-        state, position, carry, fitted = resume_point(run_dir, cfg, corpus.vocab, corpus.text)
-        if position.epoch > cfg.train.epochs:
-            raise CharlmError(f"checkpoint in {run_dir} already has {position.epoch - 1} epochs; "
-                              f"pass --epochs greater than that to train on")
-        # The optimizer state's structure is the same; the lr schedule's horizon is this run's
-        # (or the one fitted to the time budget, which this run keeps).
-        state = state.replace(tx=make_optimizer(cfg, fitted or total_steps))
-        if cfg.train.max_time and position.elapsed >= 60 * cfg.train.max_time:
-            raise CharlmError(f"the run in {run_dir} has used its --max-time of {cfg.train.max_time:g} min "
-                              f"({position.elapsed / 60:.1f} min trained); pass a larger --max-time to train on")
-        log(f"Resuming at epoch {position.epoch}, batch {position.batch} of {steps_per_epoch} "
-            f"(step {int(state.step)}; best loss {position.best_loss:.5f})")
-    else:
-        if existing:
-            raise CharlmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
-                              f"or choose another --ckpt-dir")
-        init_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 0)
-        state, position = create_train_state(cfg, init_rng, total_steps), Position(epoch=1)
-        fitted = None
+    state, position, carry, fitted = _starting_point(run_dir, cfg, corpus, resume, total_steps, steps_per_epoch, log)
     state = place_state(state)
     carry = None if carry is None else place_batch(carry)
     dropout_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
 
     has_val = cfg.data.val_frac > 0
     monitor = val_metric(cfg) if has_val else train_metric(cfg)
-    keras_name = "val_loss" if has_val else "loss"  # as in the tutorial's ModelCheckpoint lines
-    meta = {"config": cfg.to_dict(), "vocab": corpus.vocab.chars, "metric": monitor,
-            "seeds": [corpus.vocab.decode(w) for w in
-                      seed_windows(corpus.train_tokens, T, NUM_SEEDS, cfg.train.seed)],
-            "corpus": {"source": source, "chars": len(corpus.tokens), "split": corpus.split,
-                       "fingerprint": fingerprint(corpus.text)},
-            "total_steps": fitted or total_steps}  # the lr schedule's horizon, so a restored optimizer has it too
+    meta = _run_meta(cfg, corpus, source, monitor)
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
         f"{n_devices} {jax.devices()[0].platform.upper()} device{'s' if n_devices > 1 else ''}: {steps_per_epoch} "
         f"steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
         f"objective {cfg.data.objective}")
 
     history: list[dict] = []
-    best_path = None
-    started = time.monotonic() - position.elapsed
-    deadline = started + 60 * cfg.train.max_time if cfg.train.max_time else math.inf
-    best_loss = position.best_loss
-
-    def save_last(state_now: TrainState, pos: Position, carry_now) -> Path:
-        _check_finite(state_now, pos.epoch)
-        if cfg.data.stateful and carry_now is None:  # an epoch's streams start from zeros; keep the tree's shape
-            carry_now = zero_carry(cfg.model, B)
-        pos = dataclasses.replace(pos, best_loss=best_loss, elapsed=time.monotonic() - started, fitted_steps=fitted,
-                                  fitted_for=None if fitted is None else [cfg.train.max_time, cfg.train.epochs])
-        return checkpoint.save_last(run_dir, state_now, {**meta, "epoch": pos.epoch - (pos.batch == 0),
-                                                     "loss": best_loss if math.isfinite(best_loss) else 0.0,
-                                                     "position": pos.to_dict()}, carry_now)
-
+    budget = TimeBudget(cfg, position.elapsed, total_steps, fitted)
+    early = EarlyStopping(cfg.train.patience)
     stop_requests = StopRequests() if handle_signals else contextlib.nullcontext()
     epoch = position.epoch
+    # as in the tutorial's ModelCheckpoint lines
+    best = KeepBest(run_dir, monitor, "val_loss" if has_val else "loss", position.best_loss, log)
+    last = LastCheckpoint(run_dir, cfg, meta, best, budget)
+
+    def result(interrupted: int | None = None) -> TrainResult:
+        return TrainResult(state, best.best_loss, history, best.best_path, interrupted)
+
     try:
-        with checkpoint.BestCheckpoint(run_dir) as best, stop_requests as stop:
+        with best, stop_requests as stop:
             while epoch <= cfg.train.epochs:
                 epoch_started = time.monotonic()
                 state, stats, position, carry = run_epoch(
                     state, epoch_batches(corpus, cfg, starts, lengths, epoch, position.batch), cfg, dropout_rng,
-                    steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, deadline,
+                    steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, budget.deadline,
                     position=position, carry=carry, stop=stop, place=place_batch,
-                    save_every=60 * save_every_minutes, save=save_last)
+                    save_every=60 * save_every_minutes, save=last.save)
                 if stats.signal is not None and position.batch < steps_per_epoch:
-                    path = save_last(state, position, carry)
-                    name = signal.Signals(stats.signal).name
-                    log(f"{name} received: stopped at epoch {epoch}, batch {position.batch} of {steps_per_epoch} "
-                        f"(step {int(state.step)}) and saved {path}. Resume with the same command plus --resume.")
-                    return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
+                    path = last.save(state, position, carry)
+                    log(f"{signal.Signals(stats.signal).name} received: stopped at epoch {epoch}, batch "
+                        f"{position.batch} of {steps_per_epoch} (step {int(state.step)}) and saved {path}. "
+                        f"Resume with the same command plus --resume.")
+                    return result(stats.signal)
                 record, line = _epoch_record(epoch, state, stats, cfg, corpus, time.monotonic() - epoch_started,
-                                             time.monotonic() - started)
+                                             budget.elapsed)
                 history.append(record)
                 log(line)
-                monitored = record["val_loss"] if has_val else record["train_loss"]
-                if not math.isfinite(monitored):
-                    raise Diverged(f"{monitor} {monitored}")
-                if monitored < best_loss:
-                    _check_finite(state, epoch)
-                    best_path = best.save(epoch, state, meta, monitored)
-                    log(f"Epoch {epoch:05d}: {keras_name} improved from {best_loss:.5f} to {monitored:.5f}, "
-                        f"saving model to {best_path}")
-                    best_loss = monitored
-                else:
-                    log(f"Epoch {epoch:05d}: {keras_name} did not improve from {best_loss:.5f}")
+                best.on_epoch_end(epoch, state, {**meta, "total_steps": budget.horizon()},
+                                  record["val_loss"] if has_val else record["train_loss"])
                 _append_metrics(run_dir, record)
-                if epoch == 2 and fitted is None and deadline < math.inf and cfg.train.lr_schedule != "constant":
-                    fits = _steps_left_in_budget(state, stats, epoch_started, deadline)
-                    if fits < total_steps:
-                        fitted = fits
-                        state = state.replace(tx=make_optimizer(cfg, fits))
-                        meta["total_steps"] = fits
-                        log(f"Fitted the {cfg.train.lr_schedule} lr schedule to the time budget: {fits} steps "
-                            f"instead of {total_steps}")
+                state = budget.refit(epoch, state, stats.steps, epoch_started, log)
                 if stats.stopped and position.batch < steps_per_epoch:  # mid-epoch: --resume goes on from here
-                    save_last(state, position, carry)
+                    last.save(state, position, carry)
                     log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch}, batch "
                         f"{position.batch} of {steps_per_epoch} (after {int(state.step)} steps); stopping.")
                     break
                 epoch += 1
                 position = Position(epoch=epoch)
                 carry = None  # a new epoch's streams start from zeros
-                save_last(state, position, None)
+                last.save(state, position, None)
                 if stats.stopped:
                     log(f"Time budget of {cfg.train.max_time:g} min reached at the end of epoch {epoch - 1} "
                         f"(after {int(state.step)} steps); stopping.")
                     break
                 if stats.signal is not None:  # the signal came with the epoch's last step
-                    name = signal.Signals(stats.signal).name
-                    log(f"{name} received at the end of epoch {epoch - 1}; saved the last checkpoint. "
-                        f"Resume with the same command plus --resume.")
-                    return TrainResult(state, best_loss, history, best_path, interrupted=stats.signal)
+                    log(f"{signal.Signals(stats.signal).name} received at the end of epoch {epoch - 1}; saved the "
+                        f"last checkpoint. Resume with the same command plus --resume.")
+                    return result(stats.signal)
+                if early.should_stop(epoch - 1, best) and epoch <= cfg.train.epochs:
+                    log(f"Early stopping: {monitor} has not improved for {cfg.train.patience} epochs "
+                        f"(best {best.best_loss:.5f} at epoch {best.best_epoch}).")
+                    break
     except Diverged as e:
         best_found, last_found = checkpoint.latest_step(run_dir), checkpoint.find_last(run_dir)
         kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
@@ -376,4 +313,40 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
         raise CharlmError(f"training diverged at epoch {epoch}, {e}; "
                           f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
                           f"try a lower --lr (now {cfg.train.learning_rate:g}) or --clip-norm 1") from None
-    return TrainResult(state, best_loss, history, best_path)
+    return result()
+
+
+def _starting_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, resume: bool, total_steps: int,
+                    steps_per_epoch: int, log: Callable[[str], None]):
+    """(state, position, stateful carry or None, fitted lr horizon or None) of a fresh or resumed run."""
+    existing = run_dir.exists() and (checkpoint.latest_step(run_dir) or checkpoint.find_last(run_dir))
+    if not resume:
+        if existing:
+            raise CharlmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+                              f"or choose another --ckpt-dir")
+        init_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 0)
+        return create_train_state(cfg, init_rng, total_steps), Position(epoch=1), None, None
+    if not existing:
+        raise CharlmError(f"nothing to resume: {run_dir} holds no charlm checkpoint")
+    state, position, carry, fitted = resume_point(run_dir, cfg, corpus.vocab, corpus.text)
+    if position.epoch > cfg.train.epochs:
+        raise CharlmError(f"checkpoint in {run_dir} already has {position.epoch - 1} epochs; "
+                          f"pass --epochs greater than that to train on")
+    # The optimizer state's structure is the same; the lr schedule's horizon is this run's
+    # (or the one fitted to the time budget, which this run keeps).
+    state = state.replace(tx=make_optimizer(cfg, fitted or total_steps))
+    if cfg.train.max_time and position.elapsed >= 60 * cfg.train.max_time:
+        raise CharlmError(f"the run in {run_dir} has used its --max-time of {cfg.train.max_time:g} min "
+                          f"({position.elapsed / 60:.1f} min trained); pass a larger --max-time to train on")
+    log(f"Resuming at epoch {position.epoch}, batch {position.batch} of {steps_per_epoch} "
+        f"(step {int(state.step)}; best loss {position.best_loss:.5f})")
+    return state, position, carry, fitted
+
+
+def _run_meta(cfg: RunConfig, corpus: Corpus, source: str, monitor: str) -> dict:
+    """The JSON that every checkpoint of the run carries: config, vocabulary, seeds, corpus and split."""
+    return {"config": cfg.to_dict(), "vocab": corpus.vocab.chars, "metric": monitor,
+            "seeds": [corpus.vocab.decode(w) for w in
+                      seed_windows(corpus.train_tokens, cfg.data.seq_length, NUM_SEEDS, cfg.train.seed)],
+            "corpus": {"source": source, "chars": len(corpus.tokens) + corpus.test_chars, "split": corpus.split,
+                       "test_start": len(corpus.tokens), "fingerprint": fingerprint(corpus.text)}}

@@ -9,17 +9,39 @@ left by the previous batch and returns the new one (truncated backprop through t
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from charlm.config import RunConfig
 from charlm.model import CharLSTM, Carry, init_params
 
-# Flax's TrainState: step, params, opt_state (pytree leaves) plus apply_fn and tx (static).
-TrainState = train_state.TrainState
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, opt_state; apply_fn and tx static) plus an optional
+    exponential moving average of the weights, updated after every step."""
+
+    ema_params: Any = None  # None: no averaging
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads, **kwargs) -> "TrainState":
+        new = super().apply_gradients(grads=grads, **kwargs)
+        if self.ema_params is None:
+            return new
+        # Warm-up as TensorFlow's ExponentialMovingAverage(num_updates): early on the average
+        # follows the weights closely instead of remembering the random init for ~1/(1-decay) steps.
+        step = new.step.astype(jnp.float32)
+        decay = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: e * decay + (1.0 - decay) * p, self.ema_params, new.params)
+        return new.replace(ema_params=ema)
+
+
+def eval_params(state: TrainState):
+    """The weights to validate and sample with: the moving average when there is one."""
+    return state.params if state.ema_params is None else state.ema_params
 
 
 def learning_rate_schedule(cfg: RunConfig, total_steps: int) -> optax.Schedule:
@@ -37,9 +59,21 @@ def learning_rate_schedule(cfg: RunConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
+def decays(params):
+    """Which params weight decay shrinks: the kernels (input, recurrent, output), not the biases
+    or the embedding (a rare char's row would decay between its few updates)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"),
+                                            params)
+
+
 def make_optimizer(cfg: RunConfig, total_steps: int = 1) -> optax.GradientTransformation:
-    """Adam on the scheduled lr, after optional global-norm clipping."""
-    adam = optax.adam(learning_rate_schedule(cfg, total_steps))
+    """Adam on the scheduled lr (AdamW with decoupled weight decay when set), after optional
+    global-norm clipping."""
+    lr = learning_rate_schedule(cfg, total_steps)
+    if cfg.train.weight_decay > 0:
+        adam = optax.adamw(lr, weight_decay=cfg.train.weight_decay, mask=decays)
+    else:  # plain Adam: the same optimizer state as before weight decay existed
+        adam = optax.adam(lr)
     if cfg.train.clip_norm is None:
         return adam
     return optax.chain(optax.clip_by_global_norm(cfg.train.clip_norm), adam)
@@ -48,15 +82,18 @@ def make_optimizer(cfg: RunConfig, total_steps: int = 1) -> optax.GradientTransf
 def create_train_state(cfg: RunConfig, rng: jax.Array, total_steps: int = 1) -> TrainState:
     """Fresh params and optimizer state. `total_steps` sets the horizon of decaying lr schedules."""
     model = CharLSTM(cfg.model)
-    return TrainState.create(apply_fn=model.apply, params=init_params(cfg.model, rng),
-                             tx=make_optimizer(cfg, total_steps))
+    params = init_params(cfg.model, rng)
+    ema = jax.tree.map(jnp.copy, params) if cfg.train.ema_decay > 0 else None
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg, total_steps),
+                             ema_params=ema, ema_decay=cfg.train.ema_decay)
 
 
-def train_state_from(cfg: RunConfig, params, opt_state, step, total_steps: int = 1) -> TrainState:
+def train_state_from(cfg: RunConfig, params, opt_state, step, total_steps: int = 1, ema_params=None) -> TrainState:
     """A train state around existing arrays (a restored checkpoint's). Initialising fresh params
     only to replace them would cost about 2.5 s in a new process (the orthogonal init's ops)."""
     return TrainState(step=step, apply_fn=CharLSTM(cfg.model).apply, params=params,
-                      tx=make_optimizer(cfg, total_steps), opt_state=opt_state)
+                      tx=make_optimizer(cfg, total_steps), opt_state=opt_state, ema_params=ema_params,
+                      ema_decay=cfg.train.ema_decay)
 
 
 def sequence_nll(logits, targets, weights):
@@ -108,6 +145,6 @@ def stateful_train_step(state: TrainState, batch: dict, rng: jax.Array, carry: C
 
 @functools.partial(jax.jit, static_argnames="objective")
 def eval_step(state: TrainState, batch: dict, objective: str = "last"):
-    """Loss without dropout or an update: {'loss', 'count'}."""
-    loss, (count, _) = batch_loss(state.params, state.apply_fn, batch, None, objective)
+    """Loss without dropout or an update (with the averaged weights, if any): {'loss', 'count'}."""
+    loss, (count, _) = batch_loss(eval_params(state), state.apply_fn, batch, None, objective)
     return {"loss": loss, "count": count}

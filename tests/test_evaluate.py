@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from charlm.config import ModelConfig, make_run_config
-from charlm.evaluate import Score, dynamic_nll, last_window_nll, nats_to_bits, stream_nll
+from charlm.config import DynamicSettings, ModelConfig, make_run_config
+from charlm.evaluate import Score, dynamic_nll, gradient_rms, last_window_nll, nats_to_bits, stream_nll
 from charlm.model import CharLSTM, init_params
 from charlm.trainer import train
 
@@ -63,11 +63,59 @@ def test_dynamic_evaluation_scores_each_char_before_training_on_it(random_model)
     text = np.concatenate([segment, segment, segment])
     context = np.random.default_rng(4).integers(0, V, 10).astype(np.int32)
     static = stream_nll(params, cfg, text, context=context, segment=40)
-    dynamic = dynamic_nll(params, cfg, text, context=context, segment=40, lr=0.5)
+    sgd = DynamicSettings(method="sgd", lr=0.5, segment=40, adapt_chars=0)
+    dynamic, adapted = dynamic_nll(params, cfg, text, context, sgd)
+    assert adapted == 0
     np.testing.assert_allclose(dynamic[:40], static[:40], rtol=1e-5, atol=1e-6)
     assert np.abs(dynamic[40:80] - static[40:80]).max() > 0.05, "the update after the first segment took effect"
     # the caller's params are untouched
     np.testing.assert_allclose(stream_nll(params, cfg, text, context=context, segment=40), static)
+
+
+@pytest.fixture(scope="module")
+def rms_stats(random_model):
+    params, cfg = random_model
+    train_text = np.random.default_rng(5).integers(0, V, 3000).astype(np.int32)
+    return train_text, gradient_rms(params, cfg, train_text, segment=20, segments=64)
+
+
+def test_krause_dynamic_evaluation_never_scores_a_char_after_adapting_on_it(random_model, rms_stats):
+    """Changing the text from char p on cannot change the score of any char before p's segment."""
+    params, cfg = random_model
+    before, rms = rms_stats
+    text = np.random.default_rng(6).integers(0, V, 200).astype(np.int32)
+    changed = text.copy()
+    changed[130:] = (changed[130:] + 1) % V
+    s = DynamicSettings(lr=0.05, decay=0.01, segment=20, adapt_chars=500)
+    a, adapted = dynamic_nll(params, cfg, text, before, s, rms)
+    b, _ = dynamic_nll(params, cfg, changed, before, s, rms)
+    assert adapted == 500 and a.shape == (200,)
+    # the adapted text (500 chars) is a multiple of the segment, so text[120:140] is one segment:
+    # char 130 is its target 10, scored with params adapted on text[:120] only
+    np.testing.assert_array_equal(a[:130], b[:130])
+    assert not np.allclose(a[140:], b[140:])
+
+
+@pytest.mark.parametrize("method", ["rms", "sgd"])
+def test_dynamic_evaluation_with_lr_zero_is_static_evaluation(random_model, rms_stats, method):
+    params, cfg = random_model
+    before, rms = rms_stats
+    text = np.random.default_rng(7).integers(0, V, 150).astype(np.int32)
+    static = stream_nll(params, cfg, text, context=before[-1000:])
+    dynamic, _ = dynamic_nll(params, cfg, text, before, DynamicSettings(method, lr=0.0, decay=0.1, adapt_chars=0), rms)
+    np.testing.assert_allclose(dynamic, static, rtol=1e-5, atol=1e-6)
+
+
+def test_krause_dynamic_evaluation_learns_a_repeated_segment(random_model, rms_stats):
+    params, cfg = random_model
+    before, rms = rms_stats
+    # a segment unlike the statistics' uniform text (one char 80 % of the time), seen twice
+    segment = np.random.default_rng(8).choice(V, 200, p=[.8, .04, .04, .04, .04, .04]).astype(np.int32)
+    nll, _ = dynamic_nll(params, cfg, np.concatenate([segment, segment]), before,
+                         DynamicSettings(lr=0.01, decay=0.001, segment=20, adapt_chars=0), rms)
+    static = stream_nll(params, cfg, np.concatenate([segment, segment]), context=before[-1000:])
+    first, second = nll[:200].mean(), nll[200:].mean()
+    assert second < 0.75 * first and second < 0.75 * static[200:].mean(), (first, second)
 
 
 def test_memorised_text_scores_near_zero_bits(tmp_path):

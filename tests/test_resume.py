@@ -67,8 +67,14 @@ SAVES_EVERY_STEP_CHARS = 300
 STATEFUL = dict(objective="all", stateful=True, val_frac=0.1)
 
 
-@pytest.mark.parametrize("mode, where", [(dict(), "mid"), (STATEFUL, "mid"), (STATEFUL, "end")],
-                         ids=["shuffled-windows", "stateful-streams+val", "stateful-at-an-epoch-end"])
+# every regulariser on, and the weight average whose raw weights the last checkpoint keeps
+REGULARISED = dict(STATEFUL, input_encoding="embed", variational=True, input_dropout=0.1, weight_drop=0.3,
+                   embed_dropout=0.1, weight_decay=0.1, ema_decay=0.9, test_frac=0.1)
+
+
+@pytest.mark.parametrize("mode, where", [(dict(), "mid"), (STATEFUL, "mid"), (STATEFUL, "end"), (REGULARISED, "mid")],
+                         ids=["shuffled-windows", "stateful-streams+val", "stateful-at-an-epoch-end",
+                              "regularised+averaged"])
 def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, text, tmp_path, mode, where):
     cfg = make_run_config(**BASE, **mode)
     whole, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)
@@ -81,7 +87,8 @@ def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, t
     rest, rest_losses, lines = recorded_run(monkeypatch, text, tmp_path / "cut", cfg, resume=True)
     assert any(l.startswith("Resuming at epoch") for l in lines)
     assert first_losses + rest_losses == whole_losses  # bit-exact on CPU
-    for a, b in zip(jax.tree.leaves(rest.state.params), jax.tree.leaves(whole.state.params)):
+    for a, b in zip(jax.tree.leaves((rest.state.params, rest.state.ema_params)),
+                    jax.tree.leaves((whole.state.params, whole.state.ema_params))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert rest.best_loss == whole.best_loss
 
