@@ -38,7 +38,7 @@ from charlm.checkpoint import restore
 from charlm.config import DynamicSettings, make_run_config
 from charlm.corpus import clean_text, read_text
 from charlm.dataset import held_out_splits
-from charlm.evaluate import Score, dynamic_nll, evaluate_checkpoint, gradient_rms, tail_nll
+from charlm.evaluate import dynamic_nll, evaluate_checkpoint, gradient_rms, tail_nll
 from charlm.sampling import generate
 
 RESULTS = Path("bench/results")
@@ -132,7 +132,10 @@ def main() -> None:
     p.add_argument("--name", required=True, help="names the results file and run dirs (alice, code, manual)")
     p.add_argument("--preset", nargs="*", default=["best"], help="presets to train and score")
     p.add_argument("--budget", type=float, help="--max-time per run (default: the preset's)")
-    p.add_argument("--ablation", action="store_true", help="train `best` with each regulariser removed in turn")
+    p.add_argument("--ablation", nargs="*", choices=sorted(ABLATIONS), metavar="VARIANT",
+                   help=f"train `best` with each regulariser removed in turn (or only the VARIANTs named: "
+                        f"{', '.join(ABLATIONS)})")
+    p.add_argument("--train-flags", default="", help="more train.py flags for every run, e.g. '--embed-dropout 0.1'")
     p.add_argument("--tune-dynamic", action="store_true", help="grid of dynamic settings on the validation slice")
     p.add_argument("--skip-training", action="store_true", help="score the runs already in bench/results/runs")
     p.add_argument("--samples", action="store_true", help="samples and memorisation for each preset")
@@ -151,14 +154,15 @@ def main() -> None:
     report["compressors_test"] = compressed_cost(text[:test_start], text[test_start:])
     report["compressors_val"] = compressed_cost(text[:val_start], text[val_start:test_start])
     runs = report.setdefault("runs", {})
-    variants = ([("best", v, flags) for v, flags in ABLATIONS.items()] if args.ablation
-                else [(preset, preset, []) for preset in args.preset])
+    ablating = args.ablation is not None
+    variants = ([("best", v, flags) for v, flags in ABLATIONS.items() if not args.ablation or v in args.ablation]
+                if ablating else [(preset, preset, []) for preset in args.preset])
     for preset, variant, flags in variants:
-        key = f"ablation-{variant}" if args.ablation else variant
+        key = f"ablation-{variant}" if ablating else variant
         run_dir = RESULTS / "runs" / f"{args.name}-{key}"
         if not args.skip_training:
             t0 = time.perf_counter()
-            train_run(run_dir, args.text, preset, args.budget, flags)
+            train_run(run_dir, args.text, preset, args.budget, args.train_flags.split() + flags)
             runs[key] = {"train_seconds": time.perf_counter() - t0, "budget_minutes": args.budget}
         entry = runs.setdefault(key, {})
         metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

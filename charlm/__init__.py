@@ -18,16 +18,18 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "config": ["DataConfig", "ModelConfig", "PRESETS", "RunConfig", "TrainConfig", "make_run_config"],
+    "config": ["DataConfig", "DynamicSettings", "ModelConfig", "PRESETS", "RunConfig", "TrainConfig",
+               "make_run_config"],
     "errors": ["CharlmError"],
     "corpus": ["clean_text", "download_gutenberg", "read_text", "resolve_corpus", "strip_gutenberg"],
     "data": ["Vocab", "gather_batch", "sentence_windows", "shuffled", "split_point", "stream_starts",
              "window_starts"],
-    "dataset": ["Corpus", "epoch_batches", "prepare_corpus", "training_windows"],
+    "dataset": ["Corpus", "epoch_batches", "held_out_splits", "prepare_corpus", "training_windows"],
     "model": ["CharLSTM", "init_params", "zero_carry"],
-    "training": ["TrainState", "create_train_state", "eval_step", "stateful_train_step", "train_step"],
+    "training": ["TrainState", "create_train_state", "eval_params", "eval_step", "stateful_train_step", "train_step"],
     "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
-    "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "last_window_nll", "stream_nll", "tail_nll"],
+    "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "gradient_rms", "last_window_nll", "stream_nll",
+                 "tail_nll"],
     "trainer": ["TrainResult", "train"],
     "sampling": ["generate", "generate_stateful", "generate_window", "sample_next"],
 }

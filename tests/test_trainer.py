@@ -95,3 +95,13 @@ def test_max_time_fits_a_decaying_schedule_to_the_budget(alice, tmp_path):
     assert steps < 500 * 296
     from charlm.checkpoint import read_meta
     assert read_meta(tmp_path)["total_steps"] == steps  # the best epoch came after the fit
+
+
+def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path):
+    """Train on a repeated phrase, validate on unrelated chars: the val loss soon only rises."""
+    rng = __import__("numpy").random.default_rng(0)
+    text = "abcdefgh " * 200 + "".join(rng.choice(list("abcdefgh "), 450))
+    result, lines = run(text, tmp_path, val_frac=0.2, objective="all", epochs=30, learning_rate=1e-2, patience=2)
+    best_epoch = min(result.history, key=lambda r: r["val_loss"])["epoch"]
+    assert len(result.history) == best_epoch + 2 < 30
+    assert any(l.startswith("Early stopping: val loss (stream) has not improved for 2 epochs") for l in lines)
