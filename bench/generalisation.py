@@ -38,7 +38,7 @@ from charlm.checkpoint import restore
 from charlm.config import DynamicSettings, make_run_config
 from charlm.corpus import clean_text, read_text
 from charlm.dataset import held_out_splits
-from charlm.evaluate import dynamic_nll, evaluate_checkpoint, gradient_rms, tail_nll
+from charlm.scoring import dynamic_nll, evaluate_checkpoint, gradient_rms, tail_nll
 from charlm.sampling import generate
 
 RESULTS = Path("bench/results")

@@ -32,7 +32,7 @@ from charlm.config import make_run_config
 from charlm.corpus import clean_text, read_text
 from charlm.data import split_point
 from charlm.config import DynamicSettings
-from charlm.evaluate import Score, dynamic_nll, last_window_nll, tail_nll
+from charlm.scoring import Score, dynamic_nll, last_window_nll, tail_nll
 from charlm.plot import plot_runs, read_metrics
 from charlm.sampling import generate
 

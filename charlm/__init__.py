@@ -7,7 +7,7 @@ Every step of train.py and sample.py is a plain function here:
     cfg = charlm.make_run_config("seed-small", epochs=1)
     result = charlm.train(raw, cfg, "checkpoints")
     state, cfg, vocab, meta = charlm.restore("checkpoints")
-    print(charlm.generate(state.params, cfg, vocab, meta["seeds"][0], length=200)[0])
+    print(charlm.generate(state.params, cfg, vocab, meta["seeds"][0], length=200, temperature=0.8, top_p=0.95)[0])
 
 Names are imported from their modules on first use, so `import charlm` is instant and
 `python -m charlm.evaluate` runs without the package importing that module first.
@@ -18,8 +18,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "config": ["DataConfig", "DynamicSettings", "ModelConfig", "PRESETS", "RunConfig", "TrainConfig",
-               "make_run_config"],
+    "config": ["DataConfig", "DynamicSettings", "ModelConfig", "PRESETS", "RunConfig", "SamplingSettings",
+               "TrainConfig", "make_run_config"],
     "errors": ["CharlmError"],
     "corpus": ["clean_text", "download_gutenberg", "read_text", "resolve_corpus", "strip_gutenberg"],
     "data": ["Vocab", "gather_batch", "sentence_windows", "shuffled", "split_point", "stream_starts",
@@ -28,10 +28,12 @@ _EXPORTS = {
     "model": ["CharLSTM", "init_params", "zero_carry"],
     "training": ["TrainState", "create_train_state", "eval_params", "eval_step", "stateful_train_step", "train_step"],
     "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
-    "evaluate": ["Score", "dynamic_nll", "evaluate_checkpoint", "gradient_rms", "last_window_nll", "stream_nll",
+    "scoring": ["Score", "dynamic_nll", "evaluate_checkpoint", "gradient_rms", "last_window_nll", "stream_nll",
                  "tail_nll"],
     "trainer": ["TrainResult", "train"],
-    "sampling": ["generate", "generate_stateful", "generate_window", "sample_next"],
+    "sampling": ["StopCut", "generate", "generate_stateful", "generate_window", "stream"],
+    "beam": ["beam_generate", "beam_search"],
+    "novelty": ["training_text", "verbatim_shares"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -1,4 +1,4 @@
-"""Command lines for train.py / charlm-train and sample.py / charlm-sample.
+"""Command lines: the shared plumbing (one-line errors, exit codes, UTF-8 output) and train.py.
 
 Argument parsing and error reporting only; the work is in charlm's library modules.
 Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from charlm.config import (CELLS, DEFAULT_PRESET, DYNAMIC_METHODS, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES,
-                           PRECISIONS, PRESETS, WINDOWINGS, DynamicSettings, make_run_config)
+from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES,
+                           PRECISIONS, PRESETS, WINDOWINGS, make_run_config)
 from charlm.corpus import ERRORS
 from charlm.errors import CharlmError, Interrupted
 
@@ -22,14 +22,14 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump)."""
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_encoding_args(group) -> None:
+def add_encoding_args(group) -> None:
     group.add_argument("--encoding", default="utf-8", metavar="ENC",
                        help="encoding of the text file, any Python codec name: latin-1, cp1252, utf-16 "
                             "(default: %(default)s; a leading BOM is dropped)")
@@ -38,7 +38,7 @@ def _add_encoding_args(group) -> None:
                             "ignore drops them (default: %(default)s)")
 
 
-def _argv_text(value: str) -> str:
+def argv_text(value: str) -> str:
     """A text argument as UTF-8 whatever the locale: under a C/ASCII locale Python keeps the
     bytes it cannot decode as surrogate escapes, which name no real char."""
     if not any("\udc80" <= c <= "\udcff" for c in value):
@@ -55,7 +55,7 @@ def _preset_default(section: str, name: str) -> str:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="train.py", description="Train a char-level LSTM on a book and keep the best checkpoint.",
+    p = Parser(prog="train.py", description="Train a char-level LSTM on a book and keep the best checkpoint.",
                 epilog="Examples:  python train.py  |  python train.py --layers 2  |  "
                        "python train.py --text mybook.txt --epochs 5")
     src = p.add_argument_group("text")
@@ -65,7 +65,7 @@ def train_parser() -> argparse.ArgumentParser:
     src.add_argument("--gutenberg", type=int, metavar="ID",
                      help="download Project Gutenberg book ID once into the user cache and train on it "
                           "(default: none; book 11 when neither --text nor ./wonderland.txt is there)")
-    _add_encoding_args(src)
+    add_encoding_args(src)
     src.add_argument("--no-lowercase", dest="lowercase", action="store_false", default=None,
                      help="keep case (default: lowercase, as the tutorial)")
     src.add_argument("--no-strip", dest="strip", action="store_false", default=None,
@@ -166,7 +166,7 @@ def run_config_from_args(args: argparse.Namespace):
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    _prepare_process()
+    prepare_process()
     args = train_parser().parse_args(argv)
 
     def run() -> None:
@@ -189,112 +189,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             return 128 + result.interrupted
         return 0
 
-    return _guarded("train.py", run)
-
-
-def sample_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sample.py", description="Generate text from a charlm checkpoint.",
-                epilog="Examples:  python sample.py --ckpt checkpoints  |  "
-                       "python sample.py --ckpt checkpoints --temperature 0.8 --prime 'alice was'")
-    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
-    p.add_argument("--prime", type=_argv_text,
-                   help="text to start from (default: a random seed window stored in the checkpoint)")
-    p.add_argument("--length", type=int, default=1000, help="chars to generate (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 takes the most likely char (the tutorial's argmax); >0 samples (default: %(default)s)")
-    p.add_argument("--top-k", type=int, help="sample only among the K most likely chars (default: all)")
-    p.add_argument("--seed", type=int, help="seed for the seed-window choice and sampling (default: random)")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples, drawn in one batch (default: %(default)s)")
-    p.add_argument("--context", choices=("stateful", "window"), default="stateful",
-                   help="stateful: carry the LSTM state (fast); window: predict each char from the last seq_length "
-                        "chars from a zero state, exactly as the tutorial (default: %(default)s)")
-    return p
-
-
-def sample_main(argv: Sequence[str] | None = None) -> int:
-    _prepare_process()
-    args = sample_parser().parse_args(argv)
-
-    def run() -> None:
-        import secrets
-
-        from charlm.checkpoint import restore
-        from charlm.sampling import generate
-
-        state, cfg, vocab, meta = restore(args.ckpt)
-        seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-        prime = args.prime if args.prime is not None else meta["seeds"][seed % len(meta["seeds"])]
-        texts = generate(state.params, cfg, vocab, prime, length=args.length, temperature=args.temperature,
-                         top_k=args.top_k, seed=seed, num_samples=args.num_samples, context=args.context)
-        print(f'Seed: "{prime}"')
-        for i, text in enumerate(texts):
-            if len(texts) > 1:
-                print(f"--- sample {i + 1}/{len(texts)} ---")
-            print(text)
-        print("\nDone.")
-
-    return _guarded("sample.py", run)
-
-
-def evaluate_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m charlm.evaluate", description="Score a text with a checkpoint: nats/char, "
-                "bits/char and perplexity, each char predicted from its preceding context.")
-    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
-    p.add_argument("--text", metavar="FILE", help="text file to score (UTF-8 unless --encoding), cleaned as in training "
-                   "(default: the checkpoint's training text, if that file is still there)")
-    _add_encoding_args(p)
-    p.add_argument("--val-frac", type=float, default=0.0,
-                   help="score only this contiguous tail, after warming up on the text before it "
-                        "(default: %(default)s, the whole text)")
-    p.add_argument("--metric", choices=("stream", "last-window"), default="stream",
-                   help="stream: state carried through the text; last-window: the tutorial's metric, the char "
-                        "after each seq_length window from a zero state (default: %(default)s)")
-    dyn = p.add_argument_group("dynamic evaluation (Krause et al. 2018): adapt to the text while scoring it")
-    dyn.add_argument("--dynamic", action="store_true",
-                     help="also report dynamic evaluation (stream metric only; default: off)")
-    defaults = DynamicSettings()
-    dyn.add_argument("--dynamic-method", choices=DYNAMIC_METHODS, default=defaults.method,
-                     help="rms: Krause's RMS-normalised steps, statistics from training text; sgd: plain steps "
-                          "(default: %(default)s)")
-    dyn.add_argument("--dynamic-lr", type=float, default=defaults.lr,
-                     help="step size (default: %(default)s, chosen on Alice's validation slice; for sgd try 3e-2)")
-    dyn.add_argument("--dynamic-decay", type=float, default=defaults.decay,
-                     help="pull toward the trained weights per update (default: %(default)s)")
-    dyn.add_argument("--dynamic-segment", type=int, default=defaults.segment,
-                     help="chars scored between two updates (default: %(default)s)")
-    dyn.add_argument("--adapt-chars", type=int, default=defaults.adapt_chars,
-                     help="adapt first on this many chars before the scored tail, unscored (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table (default: off)")
-    return p
-
-
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    _prepare_process()
-    args = evaluate_parser().parse_args(argv)
-
-    def run() -> None:
-        import json
-
-        from charlm.evaluate import evaluate_checkpoint
-
-        dynamic = DynamicSettings(args.dynamic_method, args.dynamic_lr, args.dynamic_decay, args.dynamic_segment,
-                                  args.adapt_chars) if args.dynamic else None
-        report = evaluate_checkpoint(args.ckpt, args.text, val_frac=args.val_frac, metric=args.metric,
-                                     dynamic=dynamic, encoding=args.encoding, errors=args.errors)
-        if args.json:
-            print(json.dumps(report))
-            return
-        print(f"Text: {report['text']} ({report['scored']})")
-        rows = [("static", report)] + ([("dynamic", report["dynamic"])] if "dynamic" in report else [])
-        for name, r in rows:
-            print(f"{name:8s} {report['metric']:12s} {r['nats_per_char']:.4f} nats/char  "
-                  f"{r['bits_per_char']:.4f} bits/char  perplexity {r['perplexity']:.3f}  over {r['chars']} chars")
-        if "dynamic_settings" in report:
-            ds = report["dynamic_settings"]
-            print(f"dynamic: {ds['method']}, lr {ds['lr']:g}, decay {ds['decay']:g}, segment {ds['segment']}, "
-                  f"adapted first on the {ds['adapted_chars']} chars before the scored ones")
-
-    return _guarded("charlm.evaluate", run)
+    return guarded("train.py", run)
 
 
 def _ignore_orbax_teardown(unraisable, previous: Callable) -> None:
@@ -308,7 +203,7 @@ def _ignore_orbax_teardown(unraisable, previous: Callable) -> None:
         previous(unraisable)
 
 
-def _prepare_process() -> None:
+def prepare_process() -> None:
     """UTF-8 output whatever the terminal's locale (before argparse, whose messages quote the user),
     and no stray tracebacks from orbax's threads."""
     for stream in (sys.stdout, sys.stderr):
@@ -318,7 +213,7 @@ def _prepare_process() -> None:
         sys.unraisablehook = functools.partial(_ignore_orbax_teardown, previous=sys.unraisablehook)
 
 
-def _guarded(prog: str, run: Callable[[], int | None]) -> int:
+def guarded(prog: str, run: Callable[[], int | None]) -> int:
     """Runs a CLI body, turning bad input into one stderr line and an exit code."""
     try:
         return run() or 0
@@ -332,11 +227,3 @@ def _guarded(prog: str, run: Callable[[], int | None]) -> int:
 
 def train_entry() -> None:
     sys.exit(train_main())
-
-
-def sample_entry() -> None:
-    sys.exit(sample_main())
-
-
-def evaluate_entry() -> None:
-    sys.exit(evaluate_main())

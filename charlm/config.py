@@ -19,6 +19,7 @@ PRECISIONS = ("float32", "bfloat16")
 OBJECTIVES = ("last", "all")
 WINDOWINGS = ("sliding", "sentences")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+CONTEXT_MODES = ("stateful", "window")  # the sampler's: carry the state, or the tutorial's sliding window
 
 
 def _require(ok: bool, message: str) -> None:
@@ -217,6 +218,38 @@ class DynamicSettings:
                 raise CharlmError(f"dynamic {name} must be a positive integer, got {getattr(self, name)!r}")
         if not (isinstance(self.adapt_chars, int) and self.adapt_chars >= 0):
             raise CharlmError(f"dynamic adapt_chars must be a non-negative integer, got {self.adapt_chars!r}")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the sampler turns the model's logits into the next char, applied in this order:
+    repetition penalty, n-gram ban, temperature, top-k, top-p, then a draw (argmax at T 0)."""
+
+    temperature: float = 0.0          # 0: argmax (the tutorial); > 0: sample from softmax(logits / T)
+    top_k: int | None = None          # draw among the K most likely chars only
+    top_p: float | None = None        # nucleus: draw among the smallest set whose probability reaches P
+    repetition_penalty: float = 1.0   # CTRL: divide positive / multiply negative logits of recent chars
+    penalty_window: int = 64          # the last N generated chars the penalty looks at
+    no_repeat_ngram: int | None = None  # never emit a char that completes an N-gram already in the text
+
+    def __post_init__(self):
+        def number(name, ok, what):
+            v = getattr(self, name)
+            _require(isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v), f"{name} must be {what}, got {v!r}")
+        number("temperature", lambda v: 0 <= v <= 100, "a number in [0, 100]")
+        number("repetition_penalty", lambda v: 1 <= v <= 100, "a number in [1, 100] (1: off)")
+        if self.top_p is not None:
+            number("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        for name in ("top_k", "no_repeat_ngram"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        _positive_int("penalty_window", self.penalty_window)
+        _require(self.no_repeat_ngram is None or self.no_repeat_ngram >= 2,
+                 f"no_repeat_ngram must be at least 2, got {self.no_repeat_ngram!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 # The tutorial's two nets. Flags given explicitly override these, field by field.

@@ -31,7 +31,7 @@ from charlm.corpus import fingerprint
 from charlm.data import seed_windows
 from charlm.dataset import Corpus, epoch_batches, prepare_corpus, summary_lines, training_windows
 from charlm.errors import CharlmError
-from charlm.evaluate import tail_nll
+from charlm.scoring import tail_nll
 from charlm.model import zero_carry
 from charlm.resume import Position, StopRequests, resume_point
 from charlm.training import TrainState, create_train_state, eval_params, make_optimizer, stateful_train_step, train_step

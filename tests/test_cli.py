@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 
 
 def tree_hash(root: Path) -> str:
@@ -138,12 +138,12 @@ def test_orbax_teardown_noise_is_dropped_and_nothing_else():
 
 
 def test_a_prime_is_read_as_utf8_whatever_the_locale():
-    from charlm.cli import _argv_text
+    from charlm.cli import argv_text
 
     undecoded = "東京 é".encode().decode("ascii", "surrogateescape")  # argv under LC_ALL=C, PYTHONUTF8=0
-    assert _argv_text(undecoded) == "東京 é" and _argv_text("東京") == "東京"
+    assert argv_text(undecoded) == "東京 é" and argv_text("東京") == "東京"
     latin1_bytes = "é".encode("latin-1").decode("ascii", "surrogateescape")
-    assert _argv_text(latin1_bytes) == latin1_bytes  # not UTF-8 either: left as it is
+    assert argv_text(latin1_bytes) == latin1_bytes  # not UTF-8 either: left as it is
 
 
 def test_every_train_flag_reaches_the_config():
@@ -221,7 +221,9 @@ BAD_SAMPLE = {
     "missing ckpt": (["--ckpt", "{missing}"], ["checkpoint directory not found"]),
     "not a ckpt": (["--ckpt", "{empty_dir}"], ["holds no charlm checkpoint"]),
     "zero length": (["--length", "0"], ["length must be a positive integer"]),
-    "negative temperature": (["--temperature", "-1"], ["temperature must be >= 0"]),
+    "negative temperature": (["--temperature", "-1"], ["temperature must be a number in [0, 100]"]),
+    "beam with temperature": (["--beam", "2", "--temperature", "0.5"], ["beam search is deterministic"]),
+    "unwritable output": (["--output", "{missing}/out.txt"], ["cannot write --output", "No such file"]),
 }
 
 
@@ -315,3 +317,55 @@ def test_evaluate_bad_input(dense_run, tmp_path, args, words):
     assert len(result.stderr.strip().splitlines()) == 1
     for w in words:
         assert w in result.stderr
+
+
+def test_sample_stop_output_novelty_and_beam(trained_run, tmp_path):
+    root, text, ck, _ = trained_run
+    out = tmp_path / "samples.txt"
+    result = run_cli("sample.py", "--ckpt", str(ck), "--prime", "alice", "--length", "300", "--seed", "3",
+                     "--temperature", "0.8", "--top-p", "0.9", "--num-samples", "2", "--stop", "\n", "--output",
+                     str(out), "--novelty")
+    assert result.returncode == 0, result.stderr
+    samples = out.read_text(encoding="utf-8").split("\n\n")
+    assert len(samples) == 2 and samples[1].endswith("\n") and all("\n" not in s for s in samples[0:1])
+    assert result.stdout.startswith("Wrote 2 sample(s) to ")
+    assert re.search(r"Verbatim in the training text .*: 10-char [\d.]+%, 20-char ([\d.]+%|n/a), 40-char", result.stdout)
+    beams = run_cli("sample.py", "--ckpt", str(ck), "--prime", "alice", "--length", "40", "--beam", "3",
+                    "--num-samples", "2", "--no-repeat-ngram", "6")
+    assert beams.returncode == 0, beams.stderr
+    assert re.findall(r"--- beam (\d)/3, (-[\d.]+) nats/char ---", beams.stdout)[0][0] == "1"
+    moved = run_cli("sample.py", "--ckpt", str(ck), "--length", "20", "--novelty", "--text", str(REPO / "README.md"))
+    assert_one_line_error(moved, "is not the text this checkpoint was trained on")
+
+
+def test_interactive_session_through_stdin(trained_run):
+    _, _, ck, _ = trained_run
+    session = "alice\n:t 0.9\n:k 5\nalice€ was\n:x\nthe \n"
+    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(ck), "--interactive",
+                             "--length", "30", "--seed", "0"], input=session, capture_output=True, text=True,
+                            encoding="utf-8", timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("> ") == 7, out  # six lines, then the prompt that meets the end of input
+    assert "temperature 0.9, top-k off" in out and "temperature 0.9, top-k 5" in out
+    assert "error: prime text contains 1 char(s) not in the model's vocabulary: '€'" in out
+    assert "error: unknown command ':x'" in out
+    continuations = re.findall(r"> (alice|the )(.*)\n", out)
+    assert [len(c) for _, c in continuations] == [30, 30], out
+
+
+def test_ctrl_c_while_streaming_prints_what_was_made_and_exits_130(trained_run):
+    import signal
+    import time
+
+    _, _, ck, _ = trained_run
+    proc = subprocess.Popen([sys.executable, "-u", str(REPO / "sample.py"), "--ckpt", str(ck), "--length", "5000000",
+                             "--temperature", "1", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = proc.stdout.readline()  # the Seed line, then text streams
+    assert first.startswith(b'Seed: "')
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert out.endswith(b"\n[interrupted]\n") and 100 < len(out) < 5_000_000, len(out)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from charlm.config import DynamicSettings, ModelConfig, make_run_config
-from charlm.evaluate import Score, dynamic_nll, gradient_rms, last_window_nll, nats_to_bits, stream_nll
+from charlm.scoring import Score, dynamic_nll, gradient_rms, last_window_nll, nats_to_bits, stream_nll
 from charlm.model import CharLSTM, init_params
 from charlm.trainer import train
 

@@ -234,7 +234,7 @@ def test_signal_saves_last_checkpoint_exits_128_plus_signal_and_resumes(tmp_path
 
 
 def test_a_second_signal_stops_at_once_and_exits_128_plus_that_signal(capsys):
-    from charlm.cli import _guarded
+    from charlm.cli import guarded
 
     def train_and_signal_twice():
         with StopRequests() as stop:
@@ -250,7 +250,7 @@ def test_a_second_signal_stops_at_once_and_exits_128_plus_that_signal(capsys):
     except KeyboardInterrupt as e:
         raised = e
     assert isinstance(raised, Interrupted) and raised.signum == signal.SIGTERM
-    assert _guarded("train.py", train_and_signal_twice) == 143
+    assert guarded("train.py", train_and_signal_twice) == 143
     assert capsys.readouterr().err == "train.py: interrupted\n"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 

@@ -1,0 +1,49 @@
+"""How much of a sample is copied: the share of its n-char substrings found verbatim in the
+training text (torch-rnn's novel_substrings, the other way round).
+
+The training text is the checkpoint's own: the file it records (or one the user names),
+cleaned as training cleaned it, checked against the recorded fingerprint, and cut at the
+recorded split, so validation and test text never count as "seen".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from charlm.config import RunConfig
+from charlm.corpus import clean_text, fingerprint, read_text
+from charlm.errors import CharlmError
+
+SIZES = (10, 20, 40)
+
+
+def training_text(meta: dict, cfg: RunConfig, path: str | None = None, encoding: str = "utf-8",
+                  errors: str = "strict") -> str:
+    """The text the checkpoint was trained on, or a CharlmError that says why it is not at hand."""
+    corpus = meta.get("corpus") or {}
+    path = path or corpus.get("source")
+    if not path:
+        raise CharlmError("the checkpoint does not record its training text; pass --text FILE")
+    d = cfg.data
+    text = clean_text(read_text(path, encoding, errors), lowercase=d.lowercase, strip=d.strip,
+                      strip_punctuation=d.strip_punctuation)
+    if "fingerprint" in corpus and fingerprint(text) != corpus["fingerprint"]:
+        raise CharlmError(f"{path} is not the text this checkpoint was trained on (its fingerprint differs); "
+                          f"pass the training text with --text FILE")
+    return text[:corpus["split"]] if corpus.get("split") else text
+
+
+def verbatim_shares(samples: Sequence[str], train_text: str, sizes: Sequence[int] = SIZES) -> dict[int, float | None]:
+    """{n: share of the samples' n-char substrings (with repeats) that occur in train_text};
+    None where the samples are shorter than n."""
+    shares: dict[int, float | None] = {}
+    for n in sizes:
+        grams = [s[i:i + n] for s in samples for i in range(len(s) - n + 1)]
+        seen = {g: g in train_text for g in set(grams)}  # str.__contains__ is a fast C search
+        shares[n] = sum(seen[g] for g in grams) / len(grams) if grams else None
+    return shares
+
+
+def novelty_line(shares: dict[int, float | None]) -> str:
+    parts = [f"{n}-char {'n/a' if s is None else f'{100 * s:.1f}%'}" for n, s in shares.items()]
+    return "Verbatim in the training text (share of the sample's substrings): " + ", ".join(parts)
