@@ -1,0 +1,254 @@
+"""charlm-serve: a small local web page for a class or a demo.
+
+    charlm-serve --ckpt checkpoints            # then open http://127.0.0.1:8000
+
+The server is the standard library's ThreadingHTTPServer: one thread per request, so two
+browsers generating at once both get their text (JAX releases the GIL while it computes), and
+nothing to install. A generation streams as NDJSON lines, {"text": ...} per jitted chunk, then
+{"done": ...}; the page reads them with fetch and a stream reader, and its Stop button aborts
+the fetch, which ends the generation at the next chunk. Every request parameter has a limit,
+and a bad request gets a 4xx with {"error": message}, never a traceback.
+
+Routes: GET / (the page), GET /api/model (the model card), GET /api/metrics (metrics.jsonl),
+POST /api/generate (a JSON object of the parameters in LIMITS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+
+from charlm.cli import Parser, guarded, prepare_process
+from charlm.errors import CharlmError
+
+MAX_BODY = 16_384
+# name: (kind, low, high, default); None (JSON null or "") means off for the optional ones.
+LIMITS = {
+    "length": (int, 1, 5000, 500),
+    "temperature": (float, 0.0, 5.0, 0.8),
+    "top_k": (int, 1, 1000, None),
+    "top_p": (float, 0.01, 1.0, None),
+    "repetition_penalty": (float, 1.0, 10.0, 1.0),
+    "no_repeat_ngram": (int, 2, 100, None),
+    "seed": (int, 0, 2**31 - 1, None),
+}
+MAX_PRIME = 2000
+
+
+class BadRequest(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _number(name: str, value):
+    kind, low, high, default = LIMITS[name]
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{name} must be a number, got {value!r}") from None
+    if kind is int and not number.is_integer():
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number, got {value!r}")
+    if not (math.isfinite(number) and low <= number <= high):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{name} must be between {low} and {high}, got {value!r}")
+    return kind(number)
+
+
+class App:
+    """The loaded model and what the routes do with it."""
+
+    def __init__(self, ckpt: str):
+        from charlm.checkpoint import restore
+
+        self.state, self.cfg, self.vocab, self.meta = restore(ckpt)
+        self.run_dir = Path(ckpt)
+        self.context = "stateful"
+
+    def card(self) -> dict:
+        corpus = self.meta.get("corpus") or {}
+        metrics = self.metrics()
+        vals = [r["val_loss"] for r in metrics if "val_loss" in r]
+        return {"corpus": Path(corpus.get("source") or "?").name, "chars": corpus.get("chars"),
+                "vocab_size": self.vocab.size, "config": self.cfg.to_dict(), "epochs": len(metrics),
+                "best_epoch": self.meta.get("epoch"), "val_bits_per_char": min(vals) / math.log(2) if vals else None,
+                "limits": {**{k: [lo, hi] for k, (_, lo, hi, _) in LIMITS.items()}, "prime": [1, MAX_PRIME]},
+                "defaults": {k: d for k, (_, _, _, d) in LIMITS.items()}, "seed_prime": self.meta["seeds"][0]}
+
+    def metrics(self) -> list[dict]:
+        from charlm.plot import read_metrics
+
+        try:
+            return read_metrics(self.run_dir)
+        except CharlmError:
+            return []
+
+    def parse(self, body: bytes) -> dict:
+        """The request's generation parameters, checked, or BadRequest."""
+        try:
+            request = json.loads(body.decode("utf-8")) if body.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object") from None
+        if not isinstance(request, dict):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
+        unknown = sorted(set(request) - set(LIMITS) - {"prime"})
+        if unknown:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown parameter(s): {', '.join(unknown)}")
+        prime = request.get("prime")
+        if not isinstance(prime, str) or not prime:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "prime must be some text")
+        if len(prime) > MAX_PRIME:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"prime is {len(prime)} chars; the limit is {MAX_PRIME}")
+        params = {name: _number(name, request.get(name)) for name in LIMITS}
+        if params["top_k"] is not None and params["top_k"] > self.vocab.size:
+            params["top_k"] = None  # all chars: the same draw
+        return {"prime": prime, **params}
+
+    def generate(self, p: dict) -> Iterator[str]:
+        """Checks the prime against the vocabulary (CharlmError) and returns the text's chunks."""
+        from charlm.config import SamplingSettings
+        from charlm.sampling import stream
+
+        settings = SamplingSettings(p["temperature"], p["top_k"], p["top_p"], p["repetition_penalty"],
+                                    no_repeat_ngram=p["no_repeat_ngram"])
+        seed = p["seed"] if p["seed"] is not None else secrets.randbelow(2**31)
+        pieces = stream(self.state.params, self.cfg, self.vocab, p["prime"], settings, length=p["length"], seed=seed,
+                        context=self.context)
+        return (chunk[0] for chunk in pieces)
+
+    def warm_up(self) -> None:
+        """Compiles the page's default settings, so the first Generate answers at once."""
+        defaults = {k: d for k, (_, _, _, d) in LIMITS.items()}
+        for temperature in (defaults["temperature"], 0.0):
+            for _ in self.generate({**defaults, "prime": self.meta["seeds"][0][-20:], "temperature": temperature,
+                                    "length": 40, "seed": 0}):
+                pass
+
+
+def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "charlm-serve"
+
+        def log_message(self, format, *args):  # one quiet line per request on stderr
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+        def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: HTTPStatus, obj) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json")
+
+        def do_GET(self):
+            if self.path in ("/", "/index.html"):
+                page = resources.files("charlm").joinpath("web/index.html").read_bytes()
+                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            elif self.path == "/api/model":
+                self._json(HTTPStatus.OK, app.card())
+            elif self.path == "/api/metrics":
+                self._json(HTTPStatus.OK, app.metrics())
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
+
+        def do_POST(self):
+            if self.path != "/api/generate":
+                return self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
+            try:
+                size = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                size = -1
+            if not 0 <= size <= MAX_BODY:
+                self.close_connection = True
+                return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the request is over {MAX_BODY} bytes"})
+            try:
+                pieces = app.generate(app.parse(self.rfile.read(size)))
+            except BadRequest as e:
+                return self._json(e.status, {"error": str(e)})
+            except CharlmError as e:
+                return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            self._stream(pieces)
+
+        def _stream(self, pieces: Iterator[str]) -> None:
+            # No Content-Length: the body ends when the connection closes (HTTP/1.0 style).
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/x-ndjson; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            started, chars = time.monotonic(), 0
+            try:
+                for piece in pieces:
+                    chars += len(piece)
+                    self.wfile.write((json.dumps({"text": piece}) + "\n").encode())
+                    self.wfile.flush()
+                self.wfile.write((json.dumps({"done": True, "chars": chars,
+                                              "seconds": round(time.monotonic() - started, 3)}) + "\n").encode())
+            except (BrokenPipeError, ConnectionResetError):  # the page pressed Stop or went away
+                pass
+            self.close_connection = True
+
+    return Handler
+
+
+def make_server(app: App, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(app))
+    server.daemon_threads = True
+    return server
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="charlm-serve", description="Serve a web page to generate text from a charlm checkpoint.")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 opens it to your network (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--context", choices=("stateful", "window"), default="stateful", help="as sample.py's")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prepare_process()
+    args = parser().parse_args(argv)
+
+    def run() -> int:
+        app = App(args.ckpt)
+        app.context = args.context
+        try:
+            server = make_server(app, args.host, args.port)
+        except OSError as e:
+            raise CharlmError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        app.warm_up()
+        host, port = server.server_address[:2]
+        print(f"Serving {args.ckpt} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+
+    return guarded("charlm-serve", run)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,164 @@
+"""charlm-serve: the handlers over real HTTP (status codes, limits, concurrency), then the page in
+a real headless Chromium. The browser test is skipped where Chromium, its driver or selenium
+is missing (Debian: apt-get install chromium chromium-driver)."""
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+
+from charlm.config import make_run_config
+from charlm.serve import MAX_BODY, App, make_server
+from charlm.trainer import train
+
+TEXT = "alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do. " * 4
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = make_run_config(hidden=16, seq_length=10, batch_size=32, epochs=2, val_frac=0.1, input_encoding="onehot")
+    train(TEXT, cfg, run_dir, log=lambda s: None, progress=False)
+    app = App(str(run_dir))
+    app.warm_up()
+    httpd = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_address[1]}", app=app)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def request(url, body=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+
+def generated(payload: str) -> tuple[str, dict]:
+    lines = [json.loads(line) for line in payload.splitlines()]
+    return "".join(m.get("text", "") for m in lines), lines[-1]
+
+
+def test_page_card_and_metrics(server):
+    status, kind, page = request(server.url + "/")
+    assert status == 200 and kind.startswith("text/html") and 'id="generate"' in page
+    status, _, card = request(server.url + "/api/model")
+    card = json.loads(card)
+    assert status == 200 and card["epochs"] == 2 and card["val_bits_per_char"] > 0 and card["vocab_size"] > 10
+    assert card["config"]["model"]["hidden"] == 16 and card["limits"]["length"] == [1, 5000]
+    status, _, metrics = request(server.url + "/api/metrics")
+    assert status == 200 and [r["epoch"] for r in json.loads(metrics)] == [1, 2]
+    assert request(server.url + "/nope")[0] == 404
+
+
+def test_generate_streams_ndjson_and_is_seeded(server):
+    body = {"prime": "alice", "length": 100, "temperature": "0.9", "top_p": 0.9, "seed": 4}
+    status, kind, payload = request(server.url + "/api/generate", body)
+    assert status == 200 and kind.startswith("application/x-ndjson")
+    text, last = generated(payload)
+    assert len(text) == 100 and last["done"] and last["chars"] == 100
+    assert generated(request(server.url + "/api/generate", body)[2])[0] == text
+    assert len(payload.splitlines()) > 2, "text comes in several chunks"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"prime": "alice€"}, 400, "not in the model's vocabulary"),
+    ({"prime": "alice", "length": 999999}, 400, "length must be between 1 and 5000"),
+    ({"prime": "alice", "temperature": "warm"}, 400, "temperature must be a number"),
+    ({"prime": "alice", "top_k": 2.5}, 400, "top_k must be a whole number"),
+    ({"prime": "alice", "temperature": float("nan")}, 400, "temperature must be between"),
+    ({"prime": "alice", "colour": 1}, 400, "unknown parameter(s): colour"),
+    ({"prime": ""}, 400, "prime must be some text"),
+    ({"prime": "a" * 3000}, 400, "the limit is 2000"),
+    (b"{not json", 400, "must be a JSON object"),
+    (b"x" * (MAX_BODY + 1), 413, "over 16384 bytes"),
+])
+def test_bad_requests_get_a_4xx_and_a_message(server, body, status, words):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    got, kind, payload = request(server.url + "/api/generate", raw=raw)
+    assert got == status and kind == "application/json" and words in json.loads(payload)["error"]
+
+
+def test_eight_generations_at_once_all_complete(server):
+    bodies = [{"prime": "alice", "length": 300, "temperature": 1.0, "seed": i} for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: request(server.url + "/api/generate", b), bodies))
+    texts = [generated(payload)[0] for status, _, payload in results]
+    assert all(status == 200 for status, _, _ in results) and [len(t) for t in texts] == [300] * 8
+    assert len(set(texts)) == 8
+    assert request(server.url + "/api/model")[0] == 200, "the server is still alive"
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("no Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_the_page_in_a_headless_browser(server, monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    app, fast, sent = server.app, server.app.generate, []
+
+    def slowly(params):  # the tiny model writes 5,000 chars in ~0.1 s: slow it to press Stop midway
+        for piece in fast(params):
+            time.sleep(0.02)
+            sent.append(piece)
+            yield piece
+
+    try:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.02)
+        browser.get(server.url + "/")
+        wait.until(lambda b: "val bits/char" in b.find_element(By.ID, "card").text)
+        assert browser.find_elements(By.CSS_SELECTOR, "#curve polyline.loss")
+        field = lambda name: browser.find_element(By.ID, name)
+        field("prime").clear()
+        field("prime").send_keys("alice was")
+        field("length").clear()
+        field("length").send_keys("5000")
+        monkeypatch.setattr(app, "generate", slowly)
+        field("generate").click()
+        # text arrives while the generation is still running, then Stop ends it, on the server too
+        wait.until(lambda b: len(b.find_element(By.ID, "generated").text) > 0)
+        assert field("stop").is_enabled() and len(field("generated").text) < 5000
+        field("stop").click()
+        wait.until(lambda b: b.find_element(By.ID, "status").text == "stopped")
+        assert field("generate").is_enabled()
+        time.sleep(0.3)
+        stopped_at = len(sent)
+        time.sleep(0.3)
+        assert len(sent) == stopped_at and len("".join(sent)) < 5000, "the server stopped generating"
+        monkeypatch.setattr(app, "generate", fast)
+        # a whole short generation
+        field("length").clear()
+        field("length").send_keys("200")
+        field("generate").click()
+        wait.until(lambda b: "200 chars in" in b.find_element(By.ID, "status").text)
+        assert len(field("generated").text.replace("\n", "")) <= 200
+        assert int(field("output").get_attribute("data-chunks")) > 1, "the text came in pieces"
+        # a bad request shows its message on the page
+        field("temperature").clear()
+        field("temperature").send_keys("hot")
+        field("generate").click()
+        wait.until(lambda b: "temperature must be a number" in b.find_element(By.ID, "error").text)
+    finally:
+        browser.quit()
