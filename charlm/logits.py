@@ -121,14 +121,30 @@ def shape_logits(logits_BxV: jax.Array, history: History, plan: Plan, values: di
     return logits_BxV
 
 
+PAIRWISE_MAX_VOCAB = 256  # up to this vocabulary, rank chars by pairwise comparison: faster than a sort on CPU
+
+
 def truncate(logits_BxV: jax.Array, plan: Plan, values: dict) -> jax.Array:
-    """Temperature, then top-k, then top-p over what top-k kept: dropped chars get -inf."""
+    """Temperature, then top-k, then top-p over what top-k kept: dropped chars get -inf.
+
+    A char's rank is the number of chars with a higher logit, and the nucleus keeps the chars
+    whose more likely rivals hold less than p of the mass: for the small vocabularies of
+    char models an all-pairs comparison ([B, V, V]) finds both without sorting."""
     logits_BxV = logits_BxV / values["temperature"]
     if not (plan.top_k or plan.top_p):
         return logits_BxV
-    V = logits_BxV.shape[-1]
+    B, V = logits_BxV.shape
+    if V <= PAIRWISE_MAX_VOCAB:
+        above_BxVxV = logits_BxV[:, None, :] > logits_BxV[:, :, None]  # [b, i, j]: j is likelier than i
+        rank_BxV = jnp.sum(above_BxVxV, axis=-1)
+        keep_BxV = rank_BxV < values["top_k"] if plan.top_k else jnp.ones((B, V), bool)
+        if plan.top_p:
+            probs_BxV = jax.nn.softmax(jnp.where(keep_BxV, logits_BxV, -jnp.inf), axis=-1)
+            mass_above_BxV = jnp.einsum("bij,bj->bi", above_BxVxV.astype(probs_BxV.dtype), probs_BxV)
+            keep_BxV &= (mass_above_BxV < values["top_p"]) | (rank_BxV == 0)
+        return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
     sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
-    keep_BxV = jnp.ones(logits_BxV.shape, bool)
+    keep_BxV = jnp.ones((B, V), bool)
     if plan.top_k:
         keep_BxV &= jnp.arange(V)[None] < values["top_k"]
     if plan.top_p:

@@ -29,7 +29,9 @@ from charlm.errors import CharlmError
 from charlm.logits import History, Plan, choose, empty_history, remember, remember_prime, values_of
 from charlm.model import CharLSTM
 
-STREAM_CHUNK = 32  # chars per jitted call when streaming: ~0.5 ms on a laptop CPU, so text flows
+# Chars per jitted call when streaming: the first ones show within ~10 ms for `fast`'s GRU(512) on 2
+# CPU cores, and a 20,000-char sample takes no longer than one call would (BENCHMARKS.md).
+STREAM_CHUNK = 128
 
 
 class Decoder(NamedTuple):

@@ -31,16 +31,19 @@ from charlm.cli import Parser, guarded, prepare_process
 from charlm.errors import CharlmError
 
 MAX_BODY = 16_384
-# name: (kind, low, high, default); None (JSON null or "") means off for the optional ones.
+# name: (kind, low, high, default). The default fills a missing parameter; null or "" means off
+# for the ones that can be off (OPTIONAL) and the default for the others.
 LIMITS = {
     "length": (int, 1, 5000, 500),
     "temperature": (float, 0.0, 5.0, 0.8),
     "top_k": (int, 1, 1000, None),
-    "top_p": (float, 0.01, 1.0, None),
+    "top_p": (float, 0.01, 1.0, 0.95),
     "repetition_penalty": (float, 1.0, 10.0, 1.0),
     "no_repeat_ngram": (int, 2, 100, None),
     "seed": (int, 0, 2**31 - 1, None),
 }
+CHUNK = 32  # chars per streamed line: smaller than the CLI's, so the page fills smoothly on slow models
+OPTIONAL = {"top_k", "top_p", "no_repeat_ngram", "seed"}
 MAX_PRIME = 2000
 
 
@@ -50,10 +53,11 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _number(name: str, value):
+def _number(name: str, request: dict):
     kind, low, high, default = LIMITS[name]
+    value = request.get(name, default)
     if value is None or value == "":
-        return default
+        return None if name in OPTIONAL else default
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"{name} must be a number, got {value!r}")
     try:
@@ -111,7 +115,7 @@ class App:
             raise BadRequest(HTTPStatus.BAD_REQUEST, "prime must be some text")
         if len(prime) > MAX_PRIME:
             raise BadRequest(HTTPStatus.BAD_REQUEST, f"prime is {len(prime)} chars; the limit is {MAX_PRIME}")
-        params = {name: _number(name, request.get(name)) for name in LIMITS}
+        params = {name: _number(name, request) for name in LIMITS}
         if params["top_k"] is not None and params["top_k"] > self.vocab.size:
             params["top_k"] = None  # all chars: the same draw
         return {"prime": prime, **params}
@@ -125,16 +129,20 @@ class App:
                                     no_repeat_ngram=p["no_repeat_ngram"])
         seed = p["seed"] if p["seed"] is not None else secrets.randbelow(2**31)
         pieces = stream(self.state.params, self.cfg, self.vocab, p["prime"], settings, length=p["length"], seed=seed,
-                        context=self.context)
+                        context=self.context, chunk=CHUNK)
         return (chunk[0] for chunk in pieces)
 
     def warm_up(self) -> None:
-        """Compiles the page's default settings, so the first Generate answers at once."""
+        """Compiles the page's default settings (and argmax) for primes of up to 128 chars, so
+        Generate answers at once."""
         defaults = {k: d for k, (_, _, _, d) in LIMITS.items()}
-        for temperature in (defaults["temperature"], 0.0):
-            for _ in self.generate({**defaults, "prime": self.meta["seeds"][0][-20:], "temperature": temperature,
-                                    "length": 40, "seed": 0}):
-                pass
+        seed_text = self.meta["seeds"][0]
+        for size in (16, 32, 64, 128):
+            for temperature in ((defaults["temperature"], 0.0) if size == 128 else (defaults["temperature"],)):
+                prime = (seed_text * (1 + size // max(1, len(seed_text))))[:size]
+                for _ in self.generate({**defaults, "prime": prime, "temperature": temperature, "length": 40,
+                                        "seed": 0}):
+                    pass
 
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:

@@ -50,7 +50,11 @@ def test_argmax_temperature_and_top_k():
 
 @pytest.mark.parametrize("top_p, kept", [(0.5, [0]), (0.51, [0, 1]), (0.8, [0, 1]), (0.81, [0, 1, 2]),
                                           (0.95, [0, 1, 2]), (0.96, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])])
-def test_top_p_keeps_the_smallest_set_that_reaches_p(top_p, kept):
+@pytest.mark.parametrize("pairwise", [True, False], ids=["pairwise", "sorted"])
+def test_top_p_keeps_the_smallest_set_that_reaches_p(top_p, kept, pairwise, monkeypatch):
+    import charlm.logits
+    if not pairwise:
+        monkeypatch.setattr(charlm.logits, "PAIRWISE_MAX_VOCAB", 0)  # the large-vocabulary path
     probs = np.array([[0.5, 0.3, 0.15, 0.05]])
     order = [2, 0, 3, 1]  # the vocab order is not the probability order
     logits = np.log(probs[:, order])
@@ -150,9 +154,10 @@ def test_window_mode_matches_the_tutorials_loop(model):
     L = cfg.data.seq_length
     context = list(vocab.encode("alice"))
     expected = []
+    apply = jax.jit(lambda window: CharLSTM(cfg.model).apply({"params": params}, window, last_only=True))
     for _ in range(2 * L):
         window = jnp.asarray(np.asarray(context[-L:], np.int32)[None])
-        logits, _ = CharLSTM(cfg.model).apply({"params": params}, window, last_only=True)
+        logits, _ = apply(window)  # one compile per window length (at most L)
         expected.append(int(jnp.argmax(logits[0])))
         context.append(expected[-1])
     ids = generate_window(params, cfg.model, jnp.asarray(vocab.encode("alice")[None]), jax.random.key(0),

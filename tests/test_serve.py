@@ -68,6 +68,11 @@ def test_generate_streams_ndjson_and_is_seeded(server):
     assert len(text) == 100 and last["done"] and last["chars"] == 100
     assert generated(request(server.url + "/api/generate", body)[2])[0] == text
     assert len(payload.splitlines()) > 2, "text comes in several chunks"
+    # the page sends every field as typed; blank means off (top-k, top-p, n-gram, seed) or the default
+    blank = {"prime": "alice", "length": "", "temperature": "0", "top_k": "", "top_p": "", "no_repeat_ngram": "",
+             "repetition_penalty": "", "seed": ""}
+    status, _, payload = request(server.url + "/api/generate", blank)
+    assert status == 200 and len(generated(payload)[0]) == 500
 
 
 @pytest.mark.parametrize("body, status, words", [
