@@ -27,6 +27,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 from bench import perfkit
 from charlm.beam import beam_search
 from charlm.checkpoint import restore
@@ -98,6 +100,16 @@ def speed(args, tokens, vocab_size) -> dict:
         calls[f"beam {k} x1"] = (1, lambda k=k: beam_search(
             params, cfg.model, prime[:1], mask[:1], values_of(SamplingSettings()), plan=Plan.of(SamplingSettings()),
             window=None, beams=k, length=L, capacity=1)[0])
+    # The prime's run alone, to split each call's time into the prime and the generated chars: the
+    # current sampler pads the prime to a power of two (one compile for primes of similar length).
+    from charlm.model import CharLSTM
+    from charlm.sampling import padded_prime
+    prime_only = jax.jit(lambda p, x: CharLSTM(cfg.model).apply({"params": p}, x, last_only=True))
+    plain = SamplingSettings(1.0)
+    padded, padded_mask = padded_prime(np.asarray(prime[0]), 1)
+    calls["prime only, baseline x1"] = (1, lambda: prime_only(params, prime[:1]))
+    calls["prime only, current x1"] = (1, lambda: start(params, cfg.model, padded, padded_mask, values_of(plain),
+                                                        plan=Plan.of(plain), window=None, capacity=1))
     times = {name: [] for name in calls}
     for _, fn in calls.values():
         jax.block_until_ready(fn())  # compile
@@ -107,10 +119,15 @@ def speed(args, tokens, vocab_size) -> dict:
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - t0)
     out = {}
+    prime_s = {"baseline": statistics.median(times["prime only, baseline x1"]),
+               "current": statistics.median(times["prime only, current x1"])}
     for name, (rows, _) in calls.items():
         s = statistics.median(times[name])
         out[name] = {"streams": rows, "chars": L, "median_s": s, "us_per_char_per_stream": 1e6 * s / L,
                      "chars_per_s": rows * L / s, "spread_s": [min(times[name]), max(times[name])]}
+        if rows == 1 and not name.startswith("prime"):
+            prime_cost = prime_s["baseline" if name.startswith("baseline") else "current"]
+            out[name]["us_per_generated_char"] = 1e6 * (s - prime_cost) / L
     return out
 
 
@@ -243,7 +260,8 @@ def main() -> None:
     if "speed" in args.only:
         record["speed"] = speed(args, tokens, vocab_size)
         for name, r in record["speed"].items():
-            print(f"{name:32s} {r['us_per_char_per_stream']:8.2f} us/char/stream  {r['chars_per_s']:10,.0f} chars/s")
+            extra = f"  {r['us_per_generated_char']:6.2f} us/char after the prime" if "us_per_generated_char" in r else ""
+            print(f"{name:32s} {r['us_per_char_per_stream']:8.2f} us/char/stream  {r['chars_per_s']:10,.0f} chars/s{extra}")
     if "streaming" in args.only:
         record["streaming"] = streaming(args, state.params, cfg, vocab, meta["seeds"][0])
         print(json.dumps(record["streaming"]))

@@ -244,7 +244,7 @@ def test_beam_search(model):
     params, cfg, vocab = model
     greedy = generate(params, cfg, vocab, "alice", length=40)[0]
     (one, score), = beam_generate(params, cfg, vocab, "alice", beams=1, length=40)
-    assert one == greedy
+    assert one == greedy and beam_generate(params, cfg, vocab, "alice", beams=1, length=40) == [(one, score)]
     assert score == pytest.approx(_sequence_logprob(params, cfg, vocab, "alice", greedy) / 40, abs=1e-4)
     for prime in ("alice", "sister on", "the bank"):
         g = _sequence_logprob(params, cfg, vocab, prime, generate(params, cfg, vocab, prime, length=40)[0])
