@@ -13,6 +13,7 @@ current one. Writes bench/results/generation.json and prints a short table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import platform
@@ -84,18 +85,23 @@ def speed(args, tokens, vocab_size) -> dict:
             calls[f"baseline top-k 10 x{rows}"] = (rows, lambda rows=rows: old.generate_stateful(
                 params, cfg.model, prime[:rows], key, length=L, temperature=1.0, top_k=10))
 
-    def new(settings, rows):
+    def new(settings, rows, model=cfg.model):
         plan, values = Plan.of(settings), values_of(settings)
         capacity = 100 + L if plan.ngram else 1
 
         def call():
-            d = start(params, cfg.model, prime[:rows], mask[:rows], values, plan=plan, window=None, capacity=capacity)
-            return advance(params, cfg.model, d, values, key, plan=plan, window=None, steps=L)[1]
+            d = start(params, model, prime[:rows], mask[:rows], values, plan=plan, window=None, capacity=capacity)
+            return advance(params, model, d, values, key, plan=plan, window=None, steps=L)[1]
         return call
 
     for name, settings in SPEED_MODES.items():
         for rows in ((1, 64) if name in ("plain T=1", "top-k 10") else (1,)):
             calls[f"{name} x{rows}"] = (rows, new(settings, rows))
+    # A net trained with bf16 matmuls, sampled with them (what `--precision bfloat16` asks for; by
+    # default the sampler uses f32 matmuls on a CPU, the "plain" rows).
+    bf16 = dataclasses.replace(cfg.model, precision="bfloat16")
+    for rows in (1, 64):
+        calls[f"bf16 matmuls, plain T=1 x{rows}"] = (rows, new(SamplingSettings(1.0), rows, bf16))
     for k in (4,):
         calls[f"beam {k} x1"] = (1, lambda k=k: beam_search(
             params, cfg.model, prime[:1], mask[:1], values_of(SamplingSettings()), plan=Plan.of(SamplingSettings()),

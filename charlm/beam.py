@@ -22,7 +22,7 @@ from charlm.config import ModelConfig, RunConfig, SamplingSettings
 from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.logits import Plan, remember, shape_logits, values_of
-from charlm.sampling import Decoder, StopCut, _check, _predict, encode_prime, padded_prime, start
+from charlm.sampling import Decoder, StopCut, _check, _predict, encode_prime, padded_prime, sampling_model, start
 
 MAX_BEAMS = 64
 
@@ -55,7 +55,8 @@ def beam_search(params, cfg: ModelConfig, prime_1xP: jax.Array, mask_1xP: jax.Ar
 
 def beam_generate(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: SamplingSettings = SamplingSettings(),
                   *, beams: int = 4, length: int = 1000, num_samples: int = 1, context: str = "stateful",
-                  stop: Sequence[str] = (), keep_stop: bool = False) -> list[tuple[str, float]]:
+                  stop: Sequence[str] = (), keep_stop: bool = False,
+                  precision: str | None = None) -> list[tuple[str, float]]:
     """The `num_samples` best beams of a `beams`-wide search, best first, as (text, mean log-prob
     per char in nats)."""
     _check(length, num_samples, context)
@@ -69,7 +70,7 @@ def beam_generate(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: Sa
     plan = Plan.of(settings)
     window = cfg.data.seq_length if context == "window" else None
     capacity = len(prime_ids) + length if plan.ngram else 1
-    ids, scores = beam_search(params, cfg.model, *padded_prime(prime_ids, 1), values_of(settings), plan=plan,
+    ids, scores = beam_search(params, sampling_model(cfg.model, precision), *padded_prime(prime_ids, 1), values_of(settings), plan=plan,
                               window=window, beams=beams, length=length, capacity=capacity)
     out = []
     for row, score in zip(np.asarray(ids)[:num_samples], np.asarray(scores)[:num_samples]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -187,8 +188,34 @@ _META_FIELDS = {
     "loss": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), True),
     "seeds": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) and s for s in v), True),
     "total_steps": (lambda v: _is_int(v) and v > 0, False),
-    "corpus": (lambda v: isinstance(v, dict) and isinstance(v.get("source", ""), str), False),
+    "corpus": (lambda v: isinstance(v, dict) and isinstance(v.get("source", ""), str)
+               and all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in v.get("files", [])), False),
 }
+
+
+def read_training_text(meta: dict[str, Any], cfg: RunConfig, paths: Sequence[str] | None = None,
+                       encoding: str = "utf-8", errors: str = "strict", glob: str | None = None) -> tuple[str, str]:
+    """The text `paths` hold (files and directories; default: the checkpoint's own training
+    files), read and cleaned as training did: (cleaned text, a label naming it)."""
+    from charlm.corpus import clean_text, find_text_files, read_texts
+
+    if not paths:
+        paths = training_files(meta)
+        if not paths:
+            raise CharlmError("pass --text FILE: the checkpoint does not record its training text")
+    files = find_text_files(list(paths), glob)
+    d = cfg.data
+    raw, _ = read_texts(files, encoding, errors, strip=d.strip)
+    text = clean_text(raw, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
+    return text, str(files[0]) + (f" and {len(files) - 1} more file(s)" if len(files) > 1 else "")
+
+
+def training_files(meta: dict[str, Any]) -> list[str]:
+    """The paths of the text a checkpoint was trained on, as its metadata records them (or [])."""
+    corpus = meta.get("corpus") or {}
+    if corpus.get("files"):
+        return [f["path"] for f in corpus["files"]]
+    return [corpus["source"]] if corpus.get("source") else []
 
 
 def config_from_meta(meta: dict[str, Any]) -> tuple[RunConfig, Vocab]:

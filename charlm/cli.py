@@ -59,9 +59,13 @@ def train_parser() -> argparse.ArgumentParser:
                 epilog="Examples:  python train.py  |  python train.py --layers 2  |  "
                        "python train.py --text mybook.txt --epochs 5")
     src = p.add_argument_group("text")
-    src.add_argument("--text", metavar="FILE",
-                     help="text file to train on, UTF-8 unless --encoding says otherwise "
-                          "(default: ./wonderland.txt if present, else Gutenberg book 11)")
+    src.add_argument("--text", nargs="+", metavar="PATH",
+                     help="text files and directories to train on, UTF-8 unless --encoding says otherwise; a "
+                          "directory gives every file under it (sorted by path, hidden names skipped), and "
+                          "several files are joined with a blank line (default: ./wonderland.txt if present, "
+                          "else Gutenberg book 11)")
+    src.add_argument("--glob", metavar="PATTERN",
+                     help="with directories in --text, only the files whose name matches, e.g. '*.py' (default: all)")
     src.add_argument("--gutenberg", type=int, metavar="ID",
                      help="download Project Gutenberg book ID once into the user cache and train on it "
                           "(default: none; book 11 when neither --text nor ./wonderland.txt is there)")
@@ -149,6 +153,10 @@ def train_parser() -> argparse.ArgumentParser:
     opt.add_argument("--data-parallel", action=argparse.BooleanOptionalAction, default=None,
                      help="split each batch over all local devices (jax.sharding); default: on when "
                           "several devices are visible and --batch-size divides evenly")
+    opt.add_argument("--init-from", metavar="CKPT",
+                     help="start from another checkpoint's weights (fine-tuning): a fresh optimizer and epoch "
+                          "count, the new text's extra chars get fresh rows; the net's shape flags default to "
+                          "the checkpoint's (default: a fresh init)")
     opt.add_argument("--resume", action="store_true",
                      help="continue exactly where the run in --ckpt-dir stopped (its last checkpoint: same batch, "
                           "data order and dropout keys), or after its best epoch if there is no last one "
@@ -156,7 +164,7 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-_NOT_CONFIG = ("text", "gutenberg", "encoding", "errors", "preset", "ckpt_dir", "resume", "data_parallel",
+_NOT_CONFIG = ("text", "glob", "init_from", "gutenberg", "encoding", "errors", "preset", "ckpt_dir", "resume", "data_parallel",
                "save_every")
 
 
@@ -170,18 +178,28 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> None:
-        cfg = run_config_from_args(args)
-        from charlm.corpus import read_text, resolve_corpus
+        if args.init_from is not None:
+            from charlm.checkpoint import config_from_meta, read_meta
+            from charlm.finetune import SHAPE_FIELDS
 
-        path = resolve_corpus(args.text, args.gutenberg)
-        raw = read_text(path, args.encoding, args.errors)
+            old = config_from_meta(read_meta(args.init_from))[0].model
+            for name in SHAPE_FIELDS:  # the net's shape comes from the checkpoint unless a flag says otherwise
+                if getattr(args, name) is None:
+                    setattr(args, name, getattr(old, name))
+        cfg = run_config_from_args(args)
+        from charlm.corpus import read_texts, resolve_corpus
+
+        paths = resolve_corpus(args.text, args.gutenberg, args.glob)
+        raw, files = read_texts(paths, args.encoding, args.errors, strip=cfg.data.strip)
+        source = files[0]["path"] + (f" and {len(files) - 1} more file(s)" if len(files) > 1 else "")
         # Imported after the text is read, so a bad file fails before JAX loads.
         from charlm.trainer import train
 
         if not args.save_every > 0:
             raise CharlmError(f"--save-every must be a positive number of minutes, got {args.save_every:g}")
-        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=str(path.resolve()),
-                       data_parallel=args.data_parallel, save_every_minutes=args.save_every)
+        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=source, files=files,
+                       data_parallel=args.data_parallel, save_every_minutes=args.save_every,
+                       init_from=args.init_from)
         if result.best_path is not None:
             print(f"Best checkpoint: {result.best_path} (loss {result.best_loss:.4f}); "
                   f"sample with: python sample.py --ckpt {args.ckpt_dir}")

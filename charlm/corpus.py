@@ -7,6 +7,7 @@ Pure functions except for the file and network I/O, which stays in `read_text` a
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import hashlib
 import http.client
 import os
@@ -31,6 +32,8 @@ _START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG EBOOK.*$"
 _END = re.compile(r"^\*{3}\s*END OF (?:THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE | re.IGNORECASE)
 
 
+# Between the files of a corpus of several: a blank line, so no file's last line runs into the next.
+FILE_SEPARATOR = "\n\n"
 ERRORS = ("strict", "replace", "ignore")  # what to do with bytes the encoding cannot decode
 _SNIFF_CHARS = 8192      # chars at the start of a text whose control chars are counted
 _MAX_CONTROL_SHARE = 0.1  # more control chars than this (tabs and newlines aside) means binary
@@ -93,6 +96,38 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "s
     if not data:
         raise CharlmError(f"text file is empty: {path}")
     return decode_text(data, f"text file {path}", encoding, errors)
+
+
+def find_text_files(inputs: list[str | os.PathLike], glob: str | None = None) -> list[Path]:
+    """The files of a corpus, in a stable order: each named file as given, and for each directory
+    the files under it (recursively, sorted by path), skipping hidden names and empty files and,
+    with `glob` (e.g. '*.py'), names that do not match. A file named twice is read once."""
+    files: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if not path.is_dir():
+            files.append(path)  # read_text says what is wrong with it, if anything
+            continue
+        found = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                       and (glob is None or fnmatch.fnmatch(p.name, glob)) and p.stat().st_size > 0)
+        if not found:
+            raise CharlmError(f"no text file under {path}" + (f" matches --glob {glob!r}" if glob else ""))
+        files += found
+    return list(dict.fromkeys(files))
+
+
+def read_texts(paths: list[Path], encoding: str = "utf-8", errors: str = "strict",
+               strip: bool = True) -> tuple[str, list[dict]]:
+    """Reads a corpus of one or more files: (text, [{path, chars, fingerprint} per file]).
+
+    One file is returned as read. Several are each given LF newlines and, with `strip`, lose
+    their own Gutenberg header and footer, then are joined with FILE_SEPARATOR."""
+    texts = [read_text(p, encoding, errors) for p in paths]
+    if len(texts) > 1:
+        texts = [strip_gutenberg(normalize_newlines(t)) if strip else normalize_newlines(t) for t in texts]
+    files = [{"path": str(p.resolve()), "chars": len(t), "fingerprint": fingerprint(t)} for p, t in zip(paths, texts)]
+    return FILE_SEPARATOR.join(texts), files
 
 
 def normalize_newlines(text: str) -> str:
@@ -180,11 +215,12 @@ def download_gutenberg(book_id: int, *, timeout: float = 30.0) -> Path:
     return target
 
 
-def resolve_corpus(text_path: str | None = None, gutenberg_id: int | None = None) -> Path:
-    """Where the training text comes from: --text, else --gutenberg, else ./wonderland.txt,
-    else Gutenberg book 11 (downloaded once into the cache)."""
+def resolve_corpus(text_path: str | list[str] | None = None, gutenberg_id: int | None = None,
+                   glob: str | None = None) -> list[Path]:
+    """The training text's files: --text (files and directories, see find_text_files), else
+    --gutenberg, else ./wonderland.txt, else Gutenberg book 11 (downloaded once into the cache)."""
     if text_path is not None:
-        return Path(text_path)
+        return find_text_files([text_path] if isinstance(text_path, (str, os.PathLike)) else text_path, glob)
     if gutenberg_id is None and Path(TUTORIAL_FILENAME).is_file():
-        return Path(TUTORIAL_FILENAME)
-    return download_gutenberg(gutenberg_id if gutenberg_id is not None else DEFAULT_GUTENBERG_ID)
+        return [Path(TUTORIAL_FILENAME)]
+    return [download_gutenberg(gutenberg_id if gutenberg_id is not None else DEFAULT_GUTENBERG_ID)]

@@ -18,7 +18,8 @@ from charlm.errors import CharlmError
 
 @dataclass(frozen=True)
 class Vocab:
-    """The sorted distinct chars of a text; a char's id is its index in `chars`."""
+    """The distinct chars of a text, sorted (after --init-from: the older vocabulary, then the new
+    chars); a char's id is its index in `chars`."""
 
     chars: str
 

@@ -40,12 +40,15 @@ class Corpus:
         return self.tokens[self.split:]
 
 
-def prepare_corpus(raw_text: str, cfg: RunConfig, vocab: Vocab | None = None) -> Corpus:
-    """Cleans the text as `cfg.data` says, encodes it (with `vocab`, if given) and splits off the val tail."""
+def prepare_corpus(raw_text: str, cfg: RunConfig, vocab: Vocab | None = None, extend: Vocab | None = None) -> Corpus:
+    """Cleans the text as `cfg.data` says, encodes it (with `vocab`, if given; or with `extend`
+    plus the chars it lacks) and splits off the val tail."""
     d = cfg.data
     text = clean_text(raw_text, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
     if not text:
         raise CharlmError("the text is empty after cleaning (was it only a Gutenberg header?)")
+    if extend is not None:
+        vocab = Vocab(extend.chars + "".join(extend.unknown_chars(text)))  # old ids keep their meaning
     vocab = vocab or Vocab.from_text(text)
     tokens = vocab.encode(text)
     test_start, split = held_out_splits(len(tokens), d.val_frac, d.test_frac)

@@ -17,8 +17,10 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m charlm.evaluate", description="Score a text with a checkpoint: nats/char, "
                 "bits/char and perplexity, each char predicted from its preceding context.")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py")
-    p.add_argument("--text", metavar="FILE", help="text file to score (UTF-8 unless --encoding), cleaned as in training "
-                   "(default: the checkpoint's training text, if that file is still there)")
+    p.add_argument("--text", nargs="+", metavar="PATH",
+                   help="text files and directories to score (UTF-8 unless --encoding), joined and cleaned as in "
+                        "training (default: the checkpoint's training text, if its files are still there)")
+    p.add_argument("--glob", metavar="PATTERN", help="with directories in --text, only the files whose name matches")
     add_encoding_args(p)
     p.add_argument("--val-frac", type=float, default=0.0,
                    help="score only this contiguous tail, after warming up on the text before it "
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dynamic = DynamicSettings(args.dynamic_method, args.dynamic_lr, args.dynamic_decay, args.dynamic_segment,
                                   args.adapt_chars) if args.dynamic else None
         report = evaluate_checkpoint(args.ckpt, args.text, val_frac=args.val_frac, metric=args.metric,
-                                     dynamic=dynamic, encoding=args.encoding, errors=args.errors)
+                                     dynamic=dynamic, encoding=args.encoding, errors=args.errors, glob=args.glob)
         if args.json:
             print(json.dumps(report))
             return

@@ -82,7 +82,7 @@ class Session:
 
 
 def run(params, cfg: RunConfig, vocab: Vocab, session: Session, *, context: str = "stateful",
-        stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+        precision: str | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     """The prompt loop; returns the exit code (0 at :q or end of input, 130 at Ctrl-C at a prompt)."""
     print(HELP.splitlines()[0] + " :h for commands, :q to quit.", file=stdout)
     while True:
@@ -105,7 +105,7 @@ def run(params, cfg: RunConfig, vocab: Vocab, session: Session, *, context: str 
                 print(session.command(line), file=stdout)
                 continue
             pieces = stream(params, cfg, vocab, line, session.settings, length=session.length, seed=session.seed,
-                            context=context)
+                            context=context, precision=precision)
             session.seed += 1
             stdout.write(line)
             _, interrupted = write_stream((p[0] for p in pieces), stdout)

@@ -11,24 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from charlm.config import RunConfig
-from charlm.corpus import clean_text, fingerprint, read_text
+from charlm.corpus import fingerprint
 from charlm.errors import CharlmError
 
 SIZES = (10, 20, 40)
 
 
-def training_text(meta: dict, cfg: RunConfig, path: str | None = None, encoding: str = "utf-8",
+def training_text(meta: dict, cfg: RunConfig, paths: str | list[str] | None = None, encoding: str = "utf-8",
                   errors: str = "strict") -> str:
     """The text the checkpoint was trained on, or a CharlmError that says why it is not at hand."""
+    from charlm.checkpoint import read_training_text
+
     corpus = meta.get("corpus") or {}
-    path = path or corpus.get("source")
-    if not path:
-        raise CharlmError("the checkpoint does not record its training text; pass --text FILE")
-    d = cfg.data
-    text = clean_text(read_text(path, encoding, errors), lowercase=d.lowercase, strip=d.strip,
-                      strip_punctuation=d.strip_punctuation)
+    text, label = read_training_text(meta, cfg, [paths] if isinstance(paths, str) else paths, encoding, errors)
     if "fingerprint" in corpus and fingerprint(text) != corpus["fingerprint"]:
-        raise CharlmError(f"{path} is not the text this checkpoint was trained on (its fingerprint differs); "
+        raise CharlmError(f"{label} is not the text this checkpoint was trained on (its fingerprint differs); "
                           f"pass the training text with --text FILE")
     return text[:corpus["split"]] if corpus.get("split") else text
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from charlm.cli import EXIT_INTERRUPTED, Parser, add_encoding_args, argv_text, guarded, prepare_process
-from charlm.config import CONTEXT_MODES
+from charlm.config import CONTEXT_MODES, PRECISIONS
 from charlm.errors import CharlmError
 
 
@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for the seed-window choice and sampling (default: random)")
     p.add_argument("--num-samples", type=int, default=1,
                    help="independent samples drawn in one batch; with --beam, the top beams (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="the matmuls' precision (default: float32 on a CPU, where bf16 is slower; elsewhere as "
+                        "the net was trained)")
     p.add_argument("--context", choices=CONTEXT_MODES, default="stateful",
                    help="stateful: carry the LSTM state (fast); window: predict each char from the last seq_length "
                         "chars from a zero state, exactly as the tutorial (default: %(default)s)")
@@ -59,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--novelty", action="store_true",
                      help="then print the share of the sample's 10-, 20- and 40-char substrings found verbatim in "
                           "the training text (read from the path the checkpoint records, or --text)")
-    out.add_argument("--text", metavar="FILE", help="the training text for --novelty, if it has moved")
+    out.add_argument("--text", nargs="+", metavar="PATH", help="the training text for --novelty, if it has moved")
     add_encoding_args(out)
     return p
 
@@ -82,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from charlm import interactive
 
             return interactive.run(state.params, cfg, vocab, interactive.Session(settings, args.length, seed),
-                                   context=args.context)
+                                   context=args.context, precision=args.precision)
         prime = args.prime if args.prime is not None else meta["seeds"][seed % len(meta["seeds"])]
         texts, interrupted = _produce(state.params, cfg, vocab, prime, settings, seed, args)
         if args.novelty and texts:
@@ -106,7 +109,7 @@ def _produce(params, cfg, vocab, prime, settings, seed, args) -> tuple[list[str]
         except OSError as e:
             raise CharlmError(f"cannot write --output {args.output}: {e.strerror}") from None
     options = dict(length=args.length, num_samples=args.num_samples, context=args.context, stop=args.stop,
-                   keep_stop=args.keep_stop)
+                   keep_stop=args.keep_stop, precision=args.precision)
     labels = None
     if args.beam:
         from charlm.beam import beam_generate

@@ -14,6 +14,7 @@ which holds back only what could still turn into a stop string.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -104,6 +105,15 @@ def advance(params, cfg: ModelConfig, decoder: Decoder, values: dict, key: jax.A
     return decoder, ids_SxB.T
 
 
+def sampling_model(cfg: ModelConfig, precision: str | None = None) -> ModelConfig:
+    """The net the sampler runs. A net trained with bf16 matmuls samples with f32 ones on a CPU,
+    where one bf16 step costs ~4x an f32 one (BENCHMARKS.md); `precision` overrides that choice.
+    The weights are float32 either way."""
+    if precision is None:
+        precision = "float32" if cfg.precision == "bfloat16" and jax.default_backend() == "cpu" else cfg.precision
+    return dataclasses.replace(cfg, precision=precision)
+
+
 def encode_prime(prime: str, vocab: Vocab, cfg: RunConfig) -> np.ndarray:
     """Prepares user prime text as training prepared the corpus (newlines, case, punctuation)."""
     if not prime:
@@ -161,7 +171,7 @@ def _check(length: int, num_samples: int, context: str) -> None:
 def stream(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: SamplingSettings = SamplingSettings(), *,
            length: int = 1000, seed: int = 0, num_samples: int = 1, context: str = "stateful",
            stop: Sequence[str] = (), keep_stop: bool = False, chunk: int | None = STREAM_CHUNK,
-           capacity: int | None = None) -> Iterator[list[str]]:
+           capacity: int | None = None, precision: str | None = None) -> Iterator[list[str]]:
     """Yields, chunk by chunk, the new text of each of `num_samples` continuations of `prime`:
     lists of `num_samples` strings that join to what `generate` returns. A sample ends at
     `length` chars or at its first stop string; the loop ends when every sample has. Bad
@@ -169,6 +179,7 @@ def stream(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: SamplingS
 
     chunk: chars per jitted call (None: all `length` in one call). capacity: the n-gram
     history's room, at least prime + length (a fixed value lets a server reuse one compile).
+    precision: the matmuls' (see sampling_model; None: float32 on CPU, else as trained).
     """
     _check(length, num_samples, context)
     prime_ids = encode_prime(prime, vocab, cfg)
@@ -177,9 +188,10 @@ def stream(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: SamplingS
     capacity = max(capacity or 0, -(-need // 1024) * 1024) if settings.no_repeat_ngram else 1
     plan, values = Plan.of(settings), values_of(settings)
     window = cfg.data.seq_length if context == "window" else None
-    decoder = start(params, cfg.model, *padded_prime(prime_ids, num_samples), values, plan=plan, window=window,
+    model = sampling_model(cfg.model, precision)
+    decoder = start(params, model, *padded_prime(prime_ids, num_samples), values, plan=plan, window=window,
                     capacity=capacity)
-    run = functools.partial(advance, params, cfg.model, values=values, key=jax.random.key(seed), plan=plan,
+    run = functools.partial(advance, params, model, values=values, key=jax.random.key(seed), plan=plan,
                             window=window, steps=steps)
     return _pieces(run, decoder, vocab, length, [StopCut(stop, keep_stop) for _ in range(num_samples)])
 
@@ -198,14 +210,16 @@ def _pieces(run, decoder: Decoder, vocab: Vocab, length: int, cuts: list[StopCut
 
 def generate(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: SamplingSettings | None = None, *,
              length: int = 1000, seed: int = 0, num_samples: int = 1, context: str = "stateful",
-             stop: Sequence[str] = (), keep_stop: bool = False, **sampling: Any) -> list[str]:
+             stop: Sequence[str] = (), keep_stop: bool = False, precision: str | None = None,
+             **sampling: Any) -> list[str]:
     """`num_samples` continuations of `prime`, `length` chars each (less where a stop string
     ends one), drawn in one batched call. Sampling options come as `settings` or as its
     fields: generate(..., temperature=0.8, top_p=0.9)."""
     settings = _settings(settings, sampling)
     texts = [""] * num_samples
     for pieces in stream(params, cfg, vocab, prime, settings, length=length, seed=seed, num_samples=num_samples,
-                         context=context, stop=stop, keep_stop=keep_stop, chunk=256 if stop else None):
+                         context=context, stop=stop, keep_stop=keep_stop, chunk=256 if stop else None,
+                         precision=precision):
         texts = [t + p for t, p in zip(texts, pieces)]
     return texts
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import jax
@@ -242,17 +243,18 @@ def tail_nll(params, cfg: ModelConfig, tokens: np.ndarray, split: int, seq_lengt
     return stream_nll(params, cfg, tokens[split:], tail_context(tokens, split))
 
 
-def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: float = 0.0, metric: str = "stream",
-                        dynamic: DynamicSettings | None = None, encoding: str = "utf-8",
-                        errors: str = "strict") -> dict:
-    """Scores a text file with the checkpoint under `ckpt`, as the evaluate CLI reports it.
+def evaluate_checkpoint(ckpt: str, text_path: str | Sequence[str] | None = None, *, val_frac: float = 0.0,
+                        metric: str = "stream", dynamic: DynamicSettings | None = None, encoding: str = "utf-8",
+                        errors: str = "strict", glob: str | None = None) -> dict:
+    """Scores a text (files and directories, joined as training joins them; default: the
+    checkpoint's training text) with the checkpoint under `ckpt`, as the evaluate CLI reports it.
 
     Returns {nats_per_char, bits_per_char, perplexity, chars, metric, text, scored} and, with
     `dynamic` settings, a "dynamic" dict of the same four figures plus "dynamic_settings" (the
     settings and the chars adapted on). `encoding` and `errors` are read_text's.
     """
-    from charlm.checkpoint import config_from_meta, read_meta, restore
-    from charlm.corpus import clean_text, fingerprint, read_text
+    from charlm.checkpoint import config_from_meta, read_meta, read_training_text, restore
+    from charlm.corpus import fingerprint
 
     if not 0.0 <= val_frac < 1.0:
         raise CharlmError(f"--val-frac must be in [0, 1), got {val_frac!r}")
@@ -260,13 +262,9 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
         raise CharlmError("--dynamic works with the stream metric only")
     meta = read_meta(ckpt)  # the text is read and checked before the arrays are loaded
     cfg, vocab = config_from_meta(meta)
-    if text_path is None:
-        text_path = meta.get("corpus", {}).get("source") or None
-        if not text_path:
-            raise CharlmError("pass --text FILE: the checkpoint does not record its training text")
     d = cfg.data
-    raw = read_text(text_path, encoding, errors)
-    text = clean_text(raw, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
+    text, label = read_training_text(meta, cfg, [text_path] if isinstance(text_path, str) else text_path,
+                                     encoding, errors, glob)
     missing = vocab.unknown_chars(text)
     if missing:
         raise CharlmError(f"the text has {len(missing)} char(s) the model never saw: "
@@ -279,7 +277,7 @@ def evaluate_checkpoint(ckpt: str, text_path: str | None = None, *, val_frac: fl
     nll = tail_nll(state.params, cfg.model, tokens, split, d.seq_length, metric)
     if len(nll) == 0:
         raise CharlmError(f"the text is shorter than one {d.seq_length}-char window")
-    report = {**Score.from_nll(nll).to_dict(), "metric": metric, "text": str(text_path),
+    report = {**Score.from_nll(nll).to_dict(), "metric": metric, "text": label,
               "scored": f"{len(tokens)} chars after cleaning; scored " +
                         (f"the last {100 * val_frac:.3g}%" if val_frac else "all")}
     if dynamic is not None:

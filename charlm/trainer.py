@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +28,10 @@ from charlm import checkpoint
 from charlm.callbacks import Diverged, EarlyStopping, KeepBest, LastCheckpoint, TimeBudget
 from charlm.config import RunConfig
 from charlm.corpus import fingerprint
-from charlm.data import seed_windows
+from charlm.data import Vocab, seed_windows
 from charlm.dataset import Corpus, epoch_batches, prepare_corpus, summary_lines, training_windows
 from charlm.errors import CharlmError
+from charlm.finetune import check_compatible, transplant
 from charlm.scoring import tail_nll
 from charlm.model import zero_carry
 from charlm.resume import Position, StopRequests, resume_point
@@ -204,9 +205,10 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
-          source: str = "", log: Callable[[str], None] = print, progress: bool | None = None,
+          source: str = "", files: Sequence[dict] = (), log: Callable[[str], None] = print,
+          progress: bool | None = None,
           data_parallel: bool | None = None, handle_signals: bool = True,
-          save_every_minutes: float = DEFAULT_SAVE_EVERY_MINUTES) -> TrainResult:
+          save_every_minutes: float = DEFAULT_SAVE_EVERY_MINUTES, init_from: str | Path | None = None) -> TrainResult:
     """Trains on `raw_text` as configured, keeping the best checkpoint and the last state in `run_dir`.
 
     Args:
@@ -215,12 +217,16 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
       run_dir: checkpoint directory. Must hold no checkpoint unless `resume`.
       resume: continue from the last checkpoint in run_dir (or the best, if there is no last one).
       source: a description of where the text came from, stored in the checkpoint.
+      files: the corpus's files as `corpus.read_texts` lists them, stored in the checkpoint so
+        evaluate and --novelty can read the same text again.
       log: where the per-epoch lines go.
       progress: show a tqdm bar (None: only when stderr is a terminal).
       data_parallel: split each batch over all local devices (None: when there are several).
       handle_signals: SIGINT/SIGTERM save the `last` checkpoint and return with `interrupted` set.
       save_every_minutes: also write the `last` checkpoint this often within an epoch, so a crash or
         SIGKILL loses at most this much training.
+      init_from: start from this checkpoint's weights (charlm.finetune): its vocabulary plus the
+        text's new chars, a fresh optimizer and epoch count; the model shape must match.
     The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
     else the lowest train loss (the tutorial's monitor='loss'). The `last` checkpoint is written
     at the end of every epoch, every `save_every_minutes` and on SIGINT/SIGTERM; --resume continues
@@ -228,7 +234,8 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     """
     run_dir = Path(run_dir)
     _check_writable(run_dir)
-    corpus = prepare_corpus(raw_text, cfg)
+    base = _base_vocab(run_dir, resume, init_from)
+    corpus = prepare_corpus(raw_text, cfg, extend=base)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.vocab.size))
     for line in summary_lines(corpus, cfg):
         log(line)
@@ -238,13 +245,17 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     total_steps = steps_per_epoch * cfg.train.epochs
     place_state, place_batch, n_devices = _data_parallel_placement(cfg, data_parallel)
     state, position, carry, fitted = _starting_point(run_dir, cfg, corpus, resume, total_steps, steps_per_epoch, log)
+    if init_from is not None and not resume:
+        state = _initialised_from(init_from, state, cfg, corpus, log)
     state = place_state(state)
     carry = None if carry is None else place_batch(carry)
     dropout_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
 
     has_val = cfg.data.val_frac > 0
     monitor = val_metric(cfg) if has_val else train_metric(cfg)
-    meta = _run_meta(cfg, corpus, source, monitor)
+    meta = _run_meta(cfg, corpus, source, monitor, files)
+    if base is not None:  # a resume then extends the same vocabulary again
+        meta["init_from"] = {"path": str(init_from or _recorded_init(run_dir)["path"]), "vocab": base.chars}
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
         f"{n_devices} {jax.devices()[0].platform.upper()} device{'s' if n_devices > 1 else ''}: {steps_per_epoch} "
         f"steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
@@ -343,10 +354,34 @@ def _starting_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, resume: bool,
     return state, position, carry, fitted
 
 
-def _run_meta(cfg: RunConfig, corpus: Corpus, source: str, monitor: str) -> dict:
+def _recorded_init(run_dir: Path) -> dict | None:
+    found = checkpoint.find_last(run_dir) or (checkpoint.latest_step(run_dir) and run_dir)
+    return checkpoint.read_meta(found).get("init_from") if found else None
+
+
+def _base_vocab(run_dir: Path, resume: bool, init_from: str | Path | None) -> Vocab | None:
+    """The vocabulary a run extends: --init-from's, or on resume the one the run started from."""
+    if init_from is not None and not resume:
+        return checkpoint.config_from_meta(checkpoint.read_meta(init_from))[1]
+    recorded = _recorded_init(run_dir) if resume and run_dir.exists() else None
+    return Vocab(recorded["vocab"]) if recorded else None
+
+
+def _initialised_from(init_from: str | Path, state: TrainState, cfg: RunConfig, corpus: Corpus,
+                      log: Callable[[str], None]) -> TrainState:
+    old, old_cfg, old_vocab, _ = checkpoint.restore(init_from)
+    check_compatible(old_cfg.model, cfg.model, old_vocab, corpus.vocab, str(init_from))
+    params = transplant(eval_params(old), state.params, old_vocab.size)
+    ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
+    log(f"Initialised from {init_from} ({old_vocab.size} chars; {corpus.vocab.size - old_vocab.size} new)")
+    return state.replace(params=params, ema_params=ema)
+
+
+def _run_meta(cfg: RunConfig, corpus: Corpus, source: str, monitor: str, files: Sequence[dict]) -> dict:
     """The JSON that every checkpoint of the run carries: config, vocabulary, seeds, corpus and split."""
     return {"config": cfg.to_dict(), "vocab": corpus.vocab.chars, "metric": monitor,
             "seeds": [corpus.vocab.decode(w) for w in
                       seed_windows(corpus.train_tokens, cfg.data.seq_length, NUM_SEEDS, cfg.train.seed)],
             "corpus": {"source": source, "chars": len(corpus.tokens) + corpus.test_chars, "split": corpus.split,
-                       "test_start": len(corpus.tokens), "fingerprint": fingerprint(corpus.text)}}
+                       "test_start": len(corpus.tokens), "fingerprint": fingerprint(corpus.text),
+                       **({"files": list(files)} if files else {})}}

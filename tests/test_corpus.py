@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from charlm import corpus
 from charlm.errors import CharlmError
+
+HEADER = "Gutenberg header\r\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\r\n"
+FOOTER = "\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicense\n"
 
 BODY = "Chapter 1\nAlice sat.\n"
 
@@ -130,9 +135,9 @@ def test_download_failure_says_to_pass_text(book_server, tmp_path, monkeypatch):
 
 def test_resolve_corpus_prefers_text_then_local_wonderland(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert str(corpus.resolve_corpus("book.txt")) == "book.txt"
+    assert corpus.resolve_corpus("book.txt") == [Path("book.txt")]
     (tmp_path / "wonderland.txt").write_text("x")
-    assert str(corpus.resolve_corpus()) == "wonderland.txt"
+    assert corpus.resolve_corpus() == [Path("wonderland.txt")]
 
 
 def test_resolve_corpus_downloads_book_11_without_local_file(book_server, tmp_path, monkeypatch):
@@ -140,9 +145,55 @@ def test_resolve_corpus_downloads_book_11_without_local_file(book_server, tmp_pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(corpus.GUTENBERG_URL_ENV, url)
     monkeypatch.setenv(corpus.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    assert corpus.resolve_corpus() == tmp_path / "cache" / "pg11.txt"
+    assert corpus.resolve_corpus() == [tmp_path / "cache" / "pg11.txt"]
 
 
 def test_fingerprint_is_stable_and_sensitive():
     assert corpus.fingerprint("abc") == corpus.fingerprint("abc")
     assert corpus.fingerprint("abc") != corpus.fingerprint("abd")
+
+
+def test_many_inputs_in_a_stable_order_with_a_separator(tmp_path):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / ".git").mkdir()
+    for name, text in {"src/b.py": "b = 2\n", "src/a.py": "a = 1", "src/pkg/c.py": "c = 3\r\n", "src/notes.md": "x",
+                       "src/pkg/__init__.py": "", "src/.git/config.py": "hidden", "book.txt": HEADER + "the book" + FOOTER}.items():
+        (tmp_path / name).write_text(text, encoding="utf-8", newline="")
+    files = corpus.find_text_files([tmp_path / "book.txt", tmp_path / "src"], glob="*.py")
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == ["book.txt", "src/a.py", "src/b.py", "src/pkg/c.py"]
+    text, records = corpus.read_texts(files)
+    assert text == "the book\n\n\na = 1\n\nb = 2\n\n\nc = 3\n"
+    assert [r["chars"] for r in records] == [9, 5, 6, 6] and records[1]["fingerprint"] == corpus.fingerprint("a = 1")
+    assert corpus.read_texts(files, strip=False)[0].startswith(HEADER.replace("\r\n", "\n"))
+    with pytest.raises(CharlmError, match=r"no text file under .*src matches --glob '\*.rs'"):
+        corpus.find_text_files([tmp_path / "src"], glob="*.rs")
+    (tmp_path / "src" / "bad.py").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(CharlmError, match=r"bad\.py"):
+        corpus.read_texts(corpus.find_text_files([tmp_path / "src"], glob="*.py"))
+
+
+def test_train_and_evaluate_on_a_directory_record_and_reread_its_files(tmp_path, capsys, wonderland_path):
+    """train.py --text DIR --glob: the checkpoint lists the files, and evaluate reads them again."""
+    import json
+
+    from charlm.checkpoint import read_meta
+    from charlm.cli import train_main
+    from charlm.evaluate import main as evaluate_main
+    from conftest import TINY
+
+    book = wonderland_path.read_text(encoding="utf-8")
+    (tmp_path / "books" / "two").mkdir(parents=True)
+    (tmp_path / "books" / "one.txt").write_text(book[:1500], encoding="utf-8")
+    (tmp_path / "books" / "two" / "three.txt").write_text(book[3000:4500], encoding="utf-8")
+    (tmp_path / "books" / "skip.md").write_text("not this", encoding="utf-8")
+    ck = tmp_path / "ck"
+    assert train_main(["--text", str(tmp_path / "books"), "--glob", "*.txt", "--ckpt-dir", str(ck), *TINY]) == 0
+    files = read_meta(ck)["corpus"]["files"]
+    assert [Path(f["path"]).name for f in files] == ["one.txt", "three.txt"]
+    assert sum(f["chars"] for f in files) + len(corpus.FILE_SEPARATOR) == read_meta(ck)["corpus"]["chars"]
+    capsys.readouterr()
+    assert evaluate_main(["--ckpt", str(ck), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["text"].endswith("one.txt and 1 more file(s)") and report["chars"] > 2900
+    assert train_main(["--text", str(tmp_path / "books"), "--glob", "*.rs", "--ckpt-dir", str(tmp_path / "x")]) == 2
+    assert "no text file under" in capsys.readouterr().err

@@ -26,7 +26,7 @@ def test_training_text_is_the_checked_training_part(tmp_path):
     other.write_text("something else", encoding="utf-8")
     with pytest.raises(CharlmError, match="is not the text this checkpoint was trained on"):
         training_text(meta, cfg, str(other))
-    with pytest.raises(CharlmError, match="does not record its training text; pass --text"):
+    with pytest.raises(CharlmError, match="pass --text FILE: the checkpoint does not record its training text"):
         training_text({"corpus": {}}, cfg)
     with pytest.raises(CharlmError, match="not found|No such file|cannot"):
         training_text({"corpus": {"source": str(tmp_path / "gone.txt")}}, cfg)

@@ -257,3 +257,19 @@ def test_beam_search(model):
     text, _ = beam_generate(params, cfg, vocab, "alice", SamplingSettings(no_repeat_ngram=4), beams=3, length=60)[0]
     grams = [("alice" + text)[i:i + 4] for i in range(len(text) + 2)]
     assert len(grams) == len(set(grams))
+
+
+def test_a_bf16_net_samples_with_f32_matmuls_on_cpu_unless_asked():
+    from charlm.data import Vocab
+    from charlm.model import init_params
+    from charlm.sampling import sampling_model
+
+    vocab = Vocab.from_text(TEXT)
+    cfg = make_run_config(hidden=16, precision="bfloat16", vocab_size=vocab.size, input_encoding="onehot")
+    params = init_params(cfg.model, jax.random.key(0))
+    assert jax.default_backend() != "cpu" or sampling_model(cfg.model).precision == "float32"
+    assert sampling_model(cfg.model, "bfloat16").precision == "bfloat16"
+    f32 = make_run_config(hidden=16, precision="float32", vocab_size=vocab.size, input_encoding="onehot")
+    auto = generate(params, cfg, vocab, "alice", length=30, temperature=1.0, seed=1)
+    assert auto == generate(params, f32, vocab, "alice", length=30, temperature=1.0, seed=1)
+    assert len(generate(params, cfg, vocab, "alice", length=30, precision="bfloat16")[0]) == 30
