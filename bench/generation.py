@@ -97,8 +97,8 @@ def speed(args, tokens, vocab_size) -> dict:
     for name, settings in SPEED_MODES.items():
         for rows in ((1, 64) if name in ("plain T=1", "top-k 10") else (1,)):
             calls[f"{name} x{rows}"] = (rows, new(settings, rows))
-    # A net trained with bf16 matmuls, sampled with them (what `--precision bfloat16` asks for; by
-    # default the sampler uses f32 matmuls on a CPU, the "plain" rows).
+    # The same net with bf16 matmuls (a net trained with --precision bfloat16, or sample.py's
+    # --precision bfloat16); the "plain" rows are f32.
     bf16 = dataclasses.replace(cfg.model, precision="bfloat16")
     for rows in (1, 64):
         calls[f"bf16 matmuls, plain T=1 x{rows}"] = (rows, new(SamplingSettings(1.0), rows, bf16))

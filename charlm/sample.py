@@ -29,8 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1,
                    help="independent samples drawn in one batch; with --beam, the top beams (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="the matmuls' precision (default: float32 on a CPU, where bf16 is slower; elsewhere as "
-                        "the net was trained)")
+                   help="the matmuls' precision, whatever the net was trained with (default: as trained)")
     p.add_argument("--context", choices=CONTEXT_MODES, default="stateful",
                    help="stateful: carry the LSTM state (fast); window: predict each char from the last seq_length "
                         "chars from a zero state, exactly as the tutorial (default: %(default)s)")
