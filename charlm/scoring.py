@@ -203,7 +203,7 @@ def dynamic_nll(params, cfg: ModelConfig, tokens: np.ndarray, before: np.ndarray
                                               s.lr, s.decay, s.eps, s.method)
         out.append(np.asarray(nll))
     nll = np.concatenate(out)[:len(inputs)]
-    return nll[len(nll) - len(tokens):], adapted
+    return nll[max(0, len(nll) - len(tokens)):], adapted  # the first char of a text has no prediction
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -283,12 +283,16 @@ def evaluate_checkpoint(ckpt: str, text_path: str | Sequence[str] | None = None,
     if dynamic is not None:
         corpus = meta.get("corpus") or {}
         # RMS statistics come from training text: the checkpoint's own training part when this is
-        # its text, else the text before the scored tail.
-        train_end = corpus["split"] if corpus.get("fingerprint") == fingerprint(text) and "split" in corpus else split
+        # its text (and before the scored tail), else the text before the scored tail.
+        own_text = corpus.get("fingerprint") == fingerprint(text) and "split" in corpus
+        stats_end = (min(corpus["split"], split) if split else corpus["split"]) if own_text else split
         rms = None
         if dynamic.method == "rms":
-            rms = gradient_rms(state.params, cfg.model, tokens[:min(train_end, split) or split], dynamic.segment,
-                               dynamic.stat_segments)
+            if stats_end == 0:
+                raise CharlmError("--dynamic-method rms takes its statistics from training text, and this is not "
+                                  "the checkpoint's: score a tail with --val-frac (the text before it is used), "
+                                  "or use --dynamic-method sgd")
+            rms = gradient_rms(state.params, cfg.model, tokens[:stats_end], dynamic.segment, dynamic.stat_segments)
         dyn, adapted = dynamic_nll(state.params, cfg.model, tokens[split:], tokens[:split], dynamic, rms)
         report["dynamic"] = Score.from_nll(dyn).to_dict()
         report["dynamic_settings"] = {**asdict(dynamic), "adapted_chars": adapted}

@@ -365,3 +365,21 @@ def test_ctrl_c_while_streaming_prints_what_was_made_and_exits_130(trained_run):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert out.endswith(b"\n[interrupted]\n") and 100 < len(out) < 5_000_000, len(out)
+
+
+def test_dynamic_rms_statistics_come_from_the_training_part_of_the_checkpoints_text(dense_run, tmp_path):
+    """Scoring the whole training text takes the RMS statistics from its recorded training part;
+    a foreign text with no tail to score gets a message, not "too short"."""
+    from charlm.config import DynamicSettings
+    from charlm.errors import CharlmError
+    from charlm.scoring import evaluate_checkpoint
+
+    text, ck, _ = dense_run
+    settings = DynamicSettings(segment=20, adapt_chars=0, stat_segments=8)
+    report = evaluate_checkpoint(str(ck), dynamic=settings)  # no --val-frac: the whole text
+    assert report["dynamic"]["chars"] == report["chars"] > 4000
+    other = tmp_path / "other.txt"
+    from charlm.corpus import clean_text
+    other.write_text(clean_text(text.read_text(encoding="utf-8"))[::-1], encoding="utf-8")  # same chars, not its text
+    with pytest.raises(CharlmError, match="takes its statistics from training text"):
+        evaluate_checkpoint(str(ck), str(other), dynamic=settings)
