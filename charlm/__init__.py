@@ -31,7 +31,7 @@ _EXPORTS = {
     "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
     "scoring": ["Score", "dynamic_nll", "evaluate_checkpoint", "gradient_rms", "last_window_nll", "stream_nll",
                  "tail_nll"],
-    "finetune": ["extended_vocab", "transplant"],
+    "finetune": ["transplant"],
     "trainer": ["TrainResult", "train"],
     "sampling": ["StopCut", "generate", "generate_stateful", "generate_window", "stream"],
     "beam": ["beam_generate", "beam_search"],

@@ -70,8 +70,9 @@ def beam_generate(params, cfg: RunConfig, vocab: Vocab, prime: str, settings: Sa
     plan = Plan.of(settings)
     window = cfg.data.seq_length if context == "window" else None
     capacity = len(prime_ids) + length if plan.ngram else 1
-    ids, scores = beam_search(params, sampling_model(cfg.model, precision), *padded_prime(prime_ids, 1), values_of(settings), plan=plan,
-                              window=window, beams=beams, length=length, capacity=capacity)
+    ids, scores = beam_search(params, sampling_model(cfg.model, precision), *padded_prime(prime_ids, 1),
+                              values_of(settings), plan=plan, window=window, beams=beams, length=length,
+                              capacity=capacity)
     out = []
     for row, score in zip(np.asarray(ids)[:num_samples], np.asarray(scores)[:num_samples]):
         cut = StopCut(stop, keep_stop)

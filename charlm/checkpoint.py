@@ -197,7 +197,7 @@ def read_training_text(meta: dict[str, Any], cfg: RunConfig, paths: Sequence[str
                        encoding: str = "utf-8", errors: str = "strict", glob: str | None = None) -> tuple[str, str]:
     """The text `paths` hold (files and directories; default: the checkpoint's own training
     files), read and cleaned as training did: (cleaned text, a label naming it)."""
-    from charlm.corpus import clean_text, find_text_files, read_texts
+    from charlm.corpus import clean_text, describe_files, find_text_files, read_texts
 
     if not paths:
         paths = training_files(meta)
@@ -207,7 +207,7 @@ def read_training_text(meta: dict[str, Any], cfg: RunConfig, paths: Sequence[str
     d = cfg.data
     raw, _ = read_texts(files, encoding, errors, strip=d.strip)
     text = clean_text(raw, lowercase=d.lowercase, strip=d.strip, strip_punctuation=d.strip_punctuation)
-    return text, str(files[0]) + (f" and {len(files) - 1} more file(s)" if len(files) > 1 else "")
+    return text, describe_files(files)
 
 
 def training_files(meta: dict[str, Any]) -> list[str]:

@@ -187,11 +187,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 if getattr(args, name) is None:
                     setattr(args, name, getattr(old, name))
         cfg = run_config_from_args(args)
-        from charlm.corpus import read_texts, resolve_corpus
+        from charlm.corpus import describe_files, read_texts, resolve_corpus
 
         paths = resolve_corpus(args.text, args.gutenberg, args.glob)
         raw, files = read_texts(paths, args.encoding, args.errors, strip=cfg.data.strip)
-        source = files[0]["path"] + (f" and {len(files) - 1} more file(s)" if len(files) > 1 else "")
+        source = describe_files([f["path"] for f in files])
         # Imported after the text is read, so a bad file fails before JAX loads.
         from charlm.trainer import train
 

@@ -117,6 +117,11 @@ def find_text_files(inputs: list[str | os.PathLike], glob: str | None = None) ->
     return list(dict.fromkeys(files))
 
 
+def describe_files(paths: list) -> str:
+    """A short name for a corpus's files: the first, and how many more."""
+    return str(paths[0]) + (f" and {len(paths) - 1} more file(s)" if len(paths) > 1 else "")
+
+
 def read_texts(paths: list[Path], encoding: str = "utf-8", errors: str = "strict",
                strip: bool = True) -> tuple[str, list[dict]]:
     """Reads a corpus of one or more files: (text, [{path, chars, fingerprint} per file]).

@@ -33,6 +33,10 @@ class Vocab:
     def size(self) -> int:
         return len(self.chars)
 
+    def extended(self, text: str) -> "Vocab":
+        """This vocabulary, then the text's chars it lacks (sorted): every old id keeps its char."""
+        return Vocab(self.chars + "".join(self.unknown_chars(text)))
+
     def unknown_chars(self, text: str) -> list[str]:
         known = set(self.chars)
         return sorted({c for c in text if c not in known})

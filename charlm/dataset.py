@@ -48,7 +48,7 @@ def prepare_corpus(raw_text: str, cfg: RunConfig, vocab: Vocab | None = None, ex
     if not text:
         raise CharlmError("the text is empty after cleaning (was it only a Gutenberg header?)")
     if extend is not None:
-        vocab = Vocab(extend.chars + "".join(extend.unknown_chars(text)))  # old ids keep their meaning
+        vocab = extend.extended(text)
     vocab = vocab or Vocab.from_text(text)
     tokens = vocab.encode(text)
     test_start, split = held_out_splits(len(tokens), d.val_frac, d.test_frac)

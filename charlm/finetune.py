@@ -25,11 +25,6 @@ def shape_differences(old: ModelConfig, new: ModelConfig) -> list[str]:
     return [f"{f} {getattr(old, f)} vs {getattr(new, f)}" for f in fields if getattr(old, f) != getattr(new, f)]
 
 
-def extended_vocab(base: Vocab, text: str) -> Vocab:
-    """The old vocabulary, then the text's chars it lacks (sorted): old ids keep their meaning."""
-    return Vocab(base.chars + "".join(base.unknown_chars(text)))
-
-
 def check_compatible(old: ModelConfig, new: ModelConfig, old_vocab: Vocab, new_vocab: Vocab, where: str) -> None:
     differs = shape_differences(old, new)
     if differs:

@@ -104,7 +104,7 @@ def repeated_ngram_ends(history: History, vocab_size: int, n: jax.Array) -> jax.
     text, match = history.text_BxH, history.match_BxH
     B, H = text.shape
     prefix = jnp.pad(match[:, :-1], ((0, 0), (1, 0)))  # prefix[j] = match[j-1]
-    hit = (jnp.arange(H)[None] < history.length) & (prefix >= n - 1) & (history.length >= n - 1)
+    hit = (jnp.arange(H)[None] < history.length) & (prefix >= n - 1)  # n-1 matched ids imply length >= n-1
     slots = jnp.where(hit, text, vocab_size)
     return jnp.zeros((B, vocab_size), bool).at[jnp.arange(B)[:, None], slots].set(True, mode="drop")
 

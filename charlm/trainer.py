@@ -234,7 +234,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     """
     run_dir = Path(run_dir)
     _check_writable(run_dir)
-    base = _base_vocab(run_dir, resume, init_from)
+    base, origin = _base_vocab(run_dir, resume, init_from)
     corpus = prepare_corpus(raw_text, cfg, extend=base)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.vocab.size))
     for line in summary_lines(corpus, cfg):
@@ -255,7 +255,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     monitor = val_metric(cfg) if has_val else train_metric(cfg)
     meta = _run_meta(cfg, corpus, source, monitor, files)
     if base is not None:  # a resume then extends the same vocabulary again
-        meta["init_from"] = {"path": str(init_from or _recorded_init(run_dir)["path"]), "vocab": base.chars}
+        meta["init_from"] = {"path": origin, "vocab": base.chars}
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
         f"{n_devices} {jax.devices()[0].platform.upper()} device{'s' if n_devices > 1 else ''}: {steps_per_epoch} "
         f"steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
@@ -354,17 +354,15 @@ def _starting_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, resume: bool,
     return state, position, carry, fitted
 
 
-def _recorded_init(run_dir: Path) -> dict | None:
-    found = checkpoint.find_last(run_dir) or (checkpoint.latest_step(run_dir) and run_dir)
-    return checkpoint.read_meta(found).get("init_from") if found else None
-
-
-def _base_vocab(run_dir: Path, resume: bool, init_from: str | Path | None) -> Vocab | None:
-    """The vocabulary a run extends: --init-from's, or on resume the one the run started from."""
+def _base_vocab(run_dir: Path, resume: bool, init_from: str | Path | None) -> tuple[Vocab | None, str | None]:
+    """(the vocabulary a run extends, the checkpoint it came from): --init-from's, or on resume
+    the ones the run started from (recorded in its metadata); (None, None) for a plain run."""
     if init_from is not None and not resume:
-        return checkpoint.config_from_meta(checkpoint.read_meta(init_from))[1]
-    recorded = _recorded_init(run_dir) if resume and run_dir.exists() else None
-    return Vocab(recorded["vocab"]) if recorded else None
+        return checkpoint.config_from_meta(checkpoint.read_meta(init_from))[1], str(init_from)
+    found = resume and run_dir.exists() and (checkpoint.find_last(run_dir) or
+                                             (checkpoint.latest_step(run_dir) and run_dir))
+    recorded = checkpoint.read_meta(found).get("init_from") if found else None
+    return (Vocab(recorded["vocab"]), recorded["path"]) if recorded else (None, None)
 
 
 def _initialised_from(init_from: str | Path, state: TrainState, cfg: RunConfig, corpus: Corpus,
