@@ -187,17 +187,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 if getattr(args, name) is None:
                     setattr(args, name, getattr(old, name))
         cfg = run_config_from_args(args)
-        from charlm.corpus import describe_files, read_texts, resolve_corpus
+        from charlm.corpus import iter_text, resolve_corpus
 
         paths = resolve_corpus(args.text, args.gutenberg, args.glob)
-        raw, files = read_texts(paths, args.encoding, args.errors, strip=cfg.data.strip)
-        source = describe_files([f["path"] for f in files])
-        # Imported after the text is read, so a bad file fails before JAX loads.
-        from charlm.trainer import train
-
+        for path in paths:  # each file's first chunk, so a missing, binary or misencoded file fails before JAX loads
+            next(iter_text(path, args.encoding, args.errors), None)
         if not args.save_every > 0:
             raise CharlmError(f"--save-every must be a positive number of minutes, got {args.save_every:g}")
-        result = train(raw, cfg, args.ckpt_dir, resume=args.resume, source=source, files=files,
+        from charlm.trainer import TextFiles, train
+
+        result = train(TextFiles(tuple(paths), args.encoding, args.errors), cfg, args.ckpt_dir, resume=args.resume,
                        data_parallel=args.data_parallel, save_every_minutes=args.save_every,
                        init_from=args.init_from)
         if result.best_path is not None:

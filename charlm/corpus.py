@@ -10,12 +10,14 @@ import codecs
 import fnmatch
 import hashlib
 import http.client
+import itertools
 import os
 import re
 import unicodedata
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from charlm.errors import CharlmError
 
@@ -53,30 +55,98 @@ def binary_reason(data: bytes, text: str) -> str | None:
     return None
 
 
-def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Decodes the bytes of text file `name`, refusing binary data and naming the first bad byte."""
+READ_CHUNK_BYTES = 1 << 24  # files are decoded 16 MB at a time, so no pass holds a whole corpus
+
+
+def _check_encoding(encoding: str, errors: str) -> None:
     if errors not in ERRORS:
         raise CharlmError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
     try:
-        # Lenient first, so a binary file is called binary rather than badly encoded.
-        text = data.decode(encoding, "replace" if errors == "strict" else errors)
-    except LookupError:  # unknown codecs and bytes-to-bytes ones such as base64
-        raise CharlmError(f"unknown text encoding {encoding!r} (try utf-8, latin-1, cp1252, utf-16)") from None
-    reason = binary_reason(data, text)
-    if reason:
-        raise CharlmError(f"{name} looks like a binary file, not text ({reason}); pass a plain text file, "
-                          f"or --encoding if it is text in an encoding such as utf-16")
-    if errors == "strict" and "\ufffd" in text:  # a replaced byte, or a genuine U+FFFD in valid text
+        text_codec = getattr(codecs.lookup(encoding), "_is_text_encoding", True)  # False for base64 and the like
+    except LookupError:
+        text_codec = False
+    if not text_codec:
+        raise CharlmError(f"unknown text encoding {encoding!r} (try utf-8, latin-1, cp1252, utf-16)")
+
+
+def _binary_error(name: str, reason: str) -> CharlmError:
+    return CharlmError(f"{name} looks like a binary file, not text ({reason}); pass a plain text file, "
+                       f"or --encoding if it is text in an encoding such as utf-16")
+
+
+def decode_chunks(chunks: Iterator[bytes], name: str, encoding: str = "utf-8",
+                  errors: str = "strict") -> Iterator[str]:
+    """Decodes the bytes of text file `name`, given in pieces, refusing binary data and naming the
+    first bad byte by its offset in the file. The first piece is sniffed for binary data (see
+    binary_reason); a NUL char anywhere is binary."""
+    _check_encoding(encoding, errors)
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    offset, first = 0, True
+    for data in itertools.chain(chunks, [b""]):
+        final = not data
+        if first and data:  # leniently, so a binary file is called binary rather than badly encoded
+            reason = binary_reason(data, data.decode(encoding, "replace"))
+            if reason:
+                raise _binary_error(name, reason)
+        pending = len(decoder.getstate()[0])
         try:
-            data.decode(encoding)
+            text = decoder.decode(data, final)
         except UnicodeDecodeError as e:
+            where, bad = offset - pending + e.start, (decoder.getstate()[0] + data)[e.start:e.start + 1] or data[:1]
             shown = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
-            raise CharlmError(f"{name} is not valid {shown} (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            raise CharlmError(f"{name} is not valid {shown} (byte 0x{bad[0]:02x} at offset {where}); "
                               f"pass --encoding ENC if it is in another encoding (e.g. latin-1, cp1252), "
                               f"or --errors replace to replace the undecodable bytes") from None
-    # A leading byte-order mark (Windows editors and some Gutenberg files write one) is a marker,
-    # not text: kept, it would become a vocabulary char that training sees once.
-    return text.removeprefix("\ufeff")
+        if "\x00" in text:  # checked on the text: UTF-16 and UTF-32 text has NUL bytes but no NUL chars
+            raise _binary_error(name, f"a NUL byte at offset {offset + max(data.find(0), 0)}")
+        if first and text:
+            # A leading byte-order mark (Windows editors and some Gutenberg files write one) is a
+            # marker, not text: kept, it would become a vocabulary char that training sees once.
+            text, first = text.removeprefix("\ufeff"), False
+        offset += len(data)
+        if text:
+            yield text
+
+
+def decode_text(data: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Decodes the bytes of text file `name`, refusing binary data and naming the first bad byte."""
+    return "".join(decode_chunks(iter([data]), name, encoding, errors))
+
+
+def _opened(path: Path):
+    if not path.exists():
+        raise CharlmError(f"text file not found: {path}")
+    if path.is_dir():
+        raise CharlmError(f"text path is a directory, not a file: {path}")
+    try:
+        f = open(path, "rb")
+        empty = os.fstat(f.fileno()).st_size == 0
+    except OSError as e:
+        raise CharlmError(f"cannot read text file {path}: {e.strerror}") from None
+    if empty:
+        f.close()
+        raise CharlmError(f"text file is empty: {path}")
+    return f
+
+
+def read_bytes(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+    """A file's bytes in pieces, with read_text's messages for a missing, unreadable or empty file."""
+    with _opened(Path(path)) as f:
+        while True:
+            try:
+                data = f.read(chunk_bytes)
+            except OSError as e:
+                raise CharlmError(f"cannot read text file {path}: {e.strerror}") from None
+            if not data:
+                return
+            yield data
+
+
+def iter_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict",
+              chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[str]:
+    """read_text's text in pieces of about `chunk_bytes`, checked as read_text checks it."""
+    path = Path(path)
+    return decode_chunks(read_bytes(path, chunk_bytes), f"text file {path}", encoding, errors)
 
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -84,18 +154,7 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "s
 
     `errors` is Python's: strict (refuse undecodable bytes), replace (with U+FFFD) or ignore (drop them).
     """
-    path = Path(path)
-    if not path.exists():
-        raise CharlmError(f"text file not found: {path}")
-    if path.is_dir():
-        raise CharlmError(f"text path is a directory, not a file: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CharlmError(f"cannot read text file {path}: {e.strerror}") from None
-    if not data:
-        raise CharlmError(f"text file is empty: {path}")
-    return decode_text(data, f"text file {path}", encoding, errors)
+    return "".join(iter_text(path, encoding, errors))
 
 
 def find_text_files(inputs: list[str | os.PathLike], glob: str | None = None) -> list[Path]:

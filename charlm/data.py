@@ -54,7 +54,8 @@ class Vocab:
         return table[codes]
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in np.asarray(ids).reshape(-1))
+        codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
+        return codes[np.asarray(ids).reshape(-1)].tobytes().decode("utf-32-le")
 
 
 def num_windows(n_tokens: int, seq_length: int, stride: int = 1) -> int:
@@ -77,6 +78,57 @@ def check_long_enough(n_tokens: int, seq_length: int) -> None:
 def shuffled(starts: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """A permutation of `starts` that depends only on (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(starts)
+
+
+# Up to this many windows an epoch's order is NumPy's permutation, held as an array (8 bytes a
+# window; Alice's figures depend on it); above it, a Feistel bijection computed per batch.
+SHUFFLE_IN_MEMORY_MAX = 1 << 23
+_FEISTEL_ROUNDS = 6
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
+    """splitmix64's finaliser of x ^ key: every output bit depends on every input bit."""
+    z = x ^ key
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+class WindowOrder:
+    """An epoch's order of n windows, a function of (seed, epoch) only: `take(lo, hi)` is
+    positions lo..hi-1 of it, so a resumed epoch goes on with the same windows.
+
+    Small epochs use `shuffled` (the order of every earlier release). Big ones use a
+    Feistel network over the next power of 4, walked until the value falls below n (a
+    bijection of [0, n), at most 4 tries per value on average), in O(batch) memory.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, in_memory_max: int = SHUFFLE_IN_MEMORY_MAX):
+        self.n = n
+        if n <= in_memory_max:
+            self._perm, self._keys = shuffled(np.arange(n), seed, epoch), None
+            return
+        self._perm = None
+        self._half = max(1, (int(n - 1).bit_length() + 1) // 2)
+        rng = np.random.default_rng([seed, epoch, n])
+        self._keys = [np.uint64(k) for k in rng.integers(0, 2 ** 63, size=_FEISTEL_ROUNDS, dtype=np.uint64)]
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        half, mask = np.uint64(self._half), np.uint64((1 << self._half) - 1)
+        left, right = x >> half, x & mask
+        for key in self._keys:
+            left, right = right, left ^ (_mix(right, key) & mask)
+        return (left << half) | right
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        hi = min(hi, self.n)
+        if self._perm is not None:
+            return self._perm[lo:hi]
+        out = self._feistel(np.arange(lo, max(lo, hi), dtype=np.uint64))
+        while (outside := out >= self.n).any():
+            out[outside] = self._feistel(out[outside])
+        return out.astype(np.int64)
 
 
 def batch_starts(starts: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -121,8 +173,8 @@ def split_point(n_tokens: int, val_frac: float) -> int:
     return n_tokens if val_frac <= 0 else int(n_tokens * (1.0 - val_frac))
 
 
-def stream_starts(n_tokens: int, batch_size: int, seq_length: int) -> np.ndarray:
-    """Window starts for stateful training: [K, B], row k is batch k.
+def stream_layout(n_tokens: int, batch_size: int, seq_length: int) -> tuple[int, int]:
+    """Stateful training's streams: (batches per epoch K, chars per stream).
 
     The text is cut into B contiguous streams; batch k holds the k-th window of every
     stream, so the LSTM state after batch k is the right state to start batch k+1 with.
@@ -132,7 +184,18 @@ def stream_starts(n_tokens: int, batch_size: int, seq_length: int) -> np.ndarray
     if K == 0:
         raise CharlmError(f"text has {n_tokens} chars, too short for {batch_size} streams of one "
                           f"{seq_length}-char window; use a smaller --batch-size or --seq-length")
-    return np.arange(batch_size)[None, :] * stream_len + np.arange(K)[:, None] * seq_length
+    return K, stream_len
+
+
+def stream_row(k: int, batch_size: int, stream_len: int, seq_length: int) -> np.ndarray:
+    """Window starts of stateful batch k: the k-th window of each stream."""
+    return np.arange(batch_size, dtype=np.int64) * stream_len + k * seq_length
+
+
+def stream_starts(n_tokens: int, batch_size: int, seq_length: int) -> np.ndarray:
+    """Every stateful batch's window starts: [K, B], row k is batch k (see stream_layout)."""
+    K, stream_len = stream_layout(n_tokens, batch_size, seq_length)
+    return np.stack([stream_row(k, batch_size, stream_len, seq_length) for k in range(K)])
 
 
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+")

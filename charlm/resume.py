@@ -17,7 +17,6 @@ from pathlib import Path
 
 from charlm import checkpoint
 from charlm.config import RunConfig
-from charlm.corpus import fingerprint
 from charlm.data import Vocab
 from charlm.errors import CharlmError, Interrupted
 from charlm.model import zero_carry
@@ -88,7 +87,7 @@ class StopRequests:
             signal.signal(s, handler)
 
 
-def check_same_run(meta: dict, cfg: RunConfig, vocab: Vocab, text: str, where: Path) -> None:
+def check_same_run(meta: dict, cfg: RunConfig, vocab: Vocab, text_fingerprint: str, where: Path) -> None:
     """Refuses a --resume whose text, vocabulary, model or data settings differ from the checkpoint's."""
     saved_cfg, saved_vocab = checkpoint.config_from_meta(meta)
     if saved_vocab != vocab:
@@ -96,10 +95,10 @@ def check_same_run(meta: dict, cfg: RunConfig, vocab: Vocab, text: str, where: P
         raise CharlmError(f"cannot resume: the text's vocabulary differs from the checkpoint's "
                           f"(only in checkpoint: {''.join(added)!r}; only in text: {''.join(dropped)!r})")
     saved_print = (meta.get("corpus") or {}).get("fingerprint")
-    if saved_print is not None and saved_print != fingerprint(text):
+    if saved_print is not None and saved_print != text_fingerprint:
         raise CharlmError(f"cannot resume: the text differs from the one the checkpoint in {where} was trained on "
                           f"(fingerprint "
-                          f"{saved_print[:12]} vs {fingerprint(text)[:12]}; it came from "
+                          f"{saved_print[:12]} vs {text_fingerprint[:12]}; it came from "
                           f"{(meta.get('corpus') or {}).get('source') or 'an unrecorded source'})")
     # The model, the data and its split, and the optimizer's structure must match; the epoch
     # count, lr, schedule and time budget may change.
@@ -114,7 +113,7 @@ def check_same_run(meta: dict, cfg: RunConfig, vocab: Vocab, text: str, where: P
         raise CharlmError(f"cannot resume: the config differs from the checkpoint's ({'; '.join(diff)})")
 
 
-def resume_point(run_dir: Path, cfg: RunConfig, vocab: Vocab, text: str):
+def resume_point(run_dir: Path, cfg: RunConfig, vocab: Vocab, text_fingerprint: str):
     """Checks a --resume against the checkpoints in run_dir.
 
     Returns (state, position, stateful carry or None, lr horizon or None) from the `last` checkpoint
@@ -127,7 +126,7 @@ def resume_point(run_dir: Path, cfg: RunConfig, vocab: Vocab, text: str):
         raise CharlmError(f"the last checkpoint in {slot} is incomplete; delete {slot} to resume from the best one")
     if last is not None:
         meta = checkpoint.read_meta(last)
-        check_same_run(meta, cfg, vocab, text, run_dir)
+        check_same_run(meta, cfg, vocab, text_fingerprint, run_dir)
         position = Position.from_dict(meta.get("position") or {})
         template = zero_carry(cfg.model, cfg.train.batch_size) if cfg.data.stateful else None
         state, _, _, restored = checkpoint.restore(last, template)
@@ -140,6 +139,6 @@ def resume_point(run_dir: Path, cfg: RunConfig, vocab: Vocab, text: str):
             fitted = None  # fitted to another budget: this run's own horizon (refitted at epoch 2 if still ahead)
         return state, position, restored["carry"], fitted
     meta = checkpoint.read_meta(run_dir)
-    check_same_run(meta, cfg, vocab, text, run_dir)
+    check_same_run(meta, cfg, vocab, text_fingerprint, run_dir)
     state, _, _, _ = checkpoint.restore(run_dir)
     return state, Position(epoch=meta["epoch"] + 1, best_loss=float(meta["loss"])), None, None

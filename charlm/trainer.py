@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from charlm import checkpoint
 from charlm.callbacks import Diverged, EarlyStopping, KeepBest, LastCheckpoint, TimeBudget
 from charlm.config import RunConfig
-from charlm.corpus import fingerprint
+from charlm.corpus import describe_files
 from charlm.data import Vocab, seed_windows
-from charlm.dataset import Corpus, epoch_batches, prepare_corpus, summary_lines, training_windows
+from charlm.dataset import Corpus, TextFiles, epoch_batches, load_corpus, prepare_corpus, summary_lines, training_windows
 from charlm.errors import CharlmError
 from charlm.finetune import check_compatible, transplant
 from charlm.scoring import tail_nll
@@ -204,7 +204,7 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
                           f"the checkpoints are kept") from None
 
 
-def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
+def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
           source: str = "", files: Sequence[dict] = (), log: Callable[[str], None] = print,
           progress: bool | None = None,
           data_parallel: bool | None = None, handle_signals: bool = True,
@@ -212,7 +212,9 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     """Trains on `raw_text` as configured, keeping the best checkpoint and the last state in `run_dir`.
 
     Args:
-      raw_text: the book as read from disk; cleaned here as cfg.data says.
+      raw_text: the book as read from disk, cleaned here as cfg.data says; or TextFiles, read
+        through the token cache (charlm.tokens: encoded once, then memory-mapped, so a corpus of
+        any size trains in flat memory), whose `source` and `files` default to the files'.
       cfg: the run config; cfg.model.vocab_size is filled in from the text.
       run_dir: checkpoint directory. Must hold no checkpoint unless `resume`.
       resume: continue from the last checkpoint in run_dir (or the best, if there is no last one).
@@ -235,13 +237,17 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
     run_dir = Path(run_dir)
     _check_writable(run_dir)
     base, origin = _base_vocab(run_dir, resume, init_from)
-    corpus = prepare_corpus(raw_text, cfg, extend=base)
+    if isinstance(raw_text, TextFiles):
+        corpus = load_corpus(raw_text.paths, cfg, raw_text.encoding, raw_text.errors, extend=base, log=log)
+        source, files = source or describe_files([f["path"] for f in corpus.files]), files or corpus.files
+    else:
+        corpus = prepare_corpus(raw_text, cfg, extend=base)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.vocab.size))
     for line in summary_lines(corpus, cfg):
         log(line)
-    starts, lengths = training_windows(corpus, cfg)
+    windows = training_windows(corpus, cfg)
     T, B = cfg.data.seq_length, cfg.train.batch_size
-    steps_per_epoch = len(starts) if cfg.data.stateful else math.ceil(len(starts) / B)
+    steps_per_epoch = windows.steps(B)
     total_steps = steps_per_epoch * cfg.train.epochs
     place_state, place_batch, n_devices = _data_parallel_placement(cfg, data_parallel)
     state, position, carry, fitted = _starting_point(run_dir, cfg, corpus, resume, total_steps, steps_per_epoch, log)
@@ -278,7 +284,7 @@ def train(raw_text: str, cfg: RunConfig, run_dir: str | Path = "checkpoints", *,
             while epoch <= cfg.train.epochs:
                 epoch_started = time.monotonic()
                 state, stats, position, carry = run_epoch(
-                    state, epoch_batches(corpus, cfg, starts, lengths, epoch, position.batch), cfg, dropout_rng,
+                    state, epoch_batches(corpus, cfg, windows, epoch, position.batch), cfg, dropout_rng,
                     steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, budget.deadline,
                     position=position, carry=carry, stop=stop, place=place_batch,
                     save_every=60 * save_every_minutes, save=last.save)
@@ -339,7 +345,7 @@ def _starting_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, resume: bool,
         return create_train_state(cfg, init_rng, total_steps), Position(epoch=1), None, None
     if not existing:
         raise CharlmError(f"nothing to resume: {run_dir} holds no charlm checkpoint")
-    state, position, carry, fitted = resume_point(run_dir, cfg, corpus.vocab, corpus.text)
+    state, position, carry, fitted = resume_point(run_dir, cfg, corpus.vocab, corpus.fingerprint)
     if position.epoch > cfg.train.epochs:
         raise CharlmError(f"checkpoint in {run_dir} already has {position.epoch - 1} epochs; "
                           f"pass --epochs greater than that to train on")
@@ -381,5 +387,5 @@ def _run_meta(cfg: RunConfig, corpus: Corpus, source: str, monitor: str, files: 
             "seeds": [corpus.vocab.decode(w) for w in
                       seed_windows(corpus.train_tokens, cfg.data.seq_length, NUM_SEEDS, cfg.train.seed)],
             "corpus": {"source": source, "chars": len(corpus.tokens) + corpus.test_chars, "split": corpus.split,
-                       "test_start": len(corpus.tokens), "fingerprint": fingerprint(corpus.text),
+                       "test_start": len(corpus.tokens), "fingerprint": corpus.fingerprint,
                        **({"files": list(files)} if files else {})}}

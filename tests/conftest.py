@@ -27,6 +27,8 @@ def compilation_cache_for_subprocesses(tmp_path_factory):
         mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("xla-cache")))
         mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        # The token cache and downloads go to a temporary directory, not the user's cache.
+        mp.setenv("CHARLM_CACHE_DIR", str(tmp_path_factory.mktemp("charlm-cache")))
         yield
 
 

@@ -146,7 +146,12 @@ def test_no_val_char_is_in_any_training_window(wonderland_path, mode):
     from charlm.dataset import training_windows
     cfg = make_run_config(val_frac=0.1, **mode)
     corpus = prepare_corpus(wonderland_path.read_text(encoding="utf-8"), cfg)
-    starts, lengths = training_windows(corpus, cfg)
-    span = cfg.data.seq_length + 1 if lengths is None else lengths
-    last_index = np.max(np.ravel(starts) + np.ravel(span) - 1) if lengths is not None else starts.max() + span - 1
+    w = training_windows(corpus, cfg)
+    if w.streams:
+        starts, span = np.stack([w.stream_row(k) for k in range(w.count)]), cfg.data.seq_length + 1
+    elif w.starts is not None:
+        starts, span = w.starts, w.lengths
+    else:
+        starts, span = w.window_starts(np.arange(w.count))[0], cfg.data.seq_length + 1
+    last_index = np.max(np.ravel(starts) + np.ravel(span) - 1)
     assert corpus.split == 129989 and last_index < corpus.split

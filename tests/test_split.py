@@ -9,6 +9,7 @@ import charlm.dataset as dataset
 import charlm.trainer as trainer
 from charlm.config import make_run_config
 from charlm.data import split_point
+from charlm.corpus import clean_text
 from charlm.dataset import epoch_batches, held_out_splits, prepare_corpus, summary_lines, training_windows
 from charlm.errors import CharlmError
 
@@ -35,7 +36,7 @@ def test_no_test_or_val_char_is_in_any_training_batch(wonderland_path, mode):
     n = len(corpus.tokens) + corpus.test_chars
     test_start, val_start = held_out_splits(n, 0.1, 0.1)
     assert len(corpus.tokens) == test_start and corpus.split == val_start and corpus.test_chars == 14_444
-    starts, lengths = training_windows(corpus, cfg)
+    windows = training_windows(corpus, cfg)
     read = []  # the last token index each batch of epoch 1 uses
     real = dataset.gather_batch
 
@@ -46,7 +47,7 @@ def test_no_test_or_val_char_is_in_any_training_batch(wonderland_path, mode):
         return real(tokens, s, T, batch_size, lengths)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dataset, "gather_batch", recording)
-        count = sum(1 for _ in epoch_batches(corpus, cfg, starts, lengths, epoch=1))
+        count = sum(1 for _ in epoch_batches(corpus, cfg, windows, epoch=1))
     assert count == len(read) > 0 and max(read) < val_start
     assert any("Test Characters: 14444" in line for line in summary_lines(corpus, cfg))
 
@@ -82,7 +83,7 @@ def test_training_never_passes_test_chars_to_the_validation_pass(monkeypatch, wo
             lengths.append(len(tokens) + (0 if before is None else len(before)))
             return _real(params, cfg, tokens, *args)
         monkeypatch.setattr(generalisation, name, spy)
-    vocab_tokens = corpus.vocab.encode(corpus.text)
+    vocab_tokens = corpus.vocab.encode(clean_text(text))
     generalisation.tune_dynamic(tmp_path / "ck", vocab_tokens, val_start, test_start)
     assert lengths and max(lengths) <= test_start
 
