@@ -179,22 +179,29 @@ def busy_cpu_seconds() -> float:
     return (sum(jiffies[:3]) + sum(jiffies[5:8])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_child(cmd: list[str], cwd: str, timeout: float, env: dict | None = None) -> dict:
+def run_child(cmd: list[str], cwd: str, timeout: float, env: dict | None = None, mark: str | None = None) -> dict:
     """Runs `cmd` to completion and returns its exit code, stdout, the tail of its stderr, wall
     seconds and its own peak RSS: os.wait4 reports the rusage of that one child, where
-    RUSAGE_CHILDREN would give the maximum over every child waited for so far.
+    RUSAGE_CHILDREN would give the maximum over every child waited for so far. With `mark`,
+    `mark_s` is the second at which a stdout line starting with it first appeared.
 
     `other_cores` is the CPU that everything else on the machine used meanwhile, in cores
     (machine busy time minus the child's own, over wall time): above ~0.1 the figures are
     disturbed, and OpenMP peers such as PyTorch slow down many times when a core is taken.
     """
     busy0 = busy_cpu_seconds()
+    mark_s = None
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err)
         killer = threading.Timer(timeout, p.kill)
         killer.start()
-        out = p.stdout.read()
+        lines = []
+        for line in p.stdout:
+            if mark is not None and mark_s is None and line.startswith(mark.encode()):
+                mark_s = time.perf_counter() - t0
+            lines.append(line)
+        out = b"".join(lines)
         _, status, usage = os.wait4(p.pid, 0)
         killer.cancel()
         wall = time.perf_counter() - t0
@@ -204,5 +211,5 @@ def run_child(cmd: list[str], cwd: str, timeout: float, env: dict | None = None)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     return {"rc": p.returncode, "stdout": out.decode(errors="replace"), "stderr_tail": stderr[-2000:],
-            "wall_s": wall, "child_peak_rss_mb": usage.ru_maxrss / 1024,
+            "wall_s": wall, "child_peak_rss_mb": usage.ru_maxrss / 1024, "mark_s": mark_s,
             "other_cores": max(0.0, other)}

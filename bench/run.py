@@ -155,12 +155,14 @@ def table(summary: dict, mem: list[dict]) -> str:
         out += [f"  {k}: {v:.2f}x" for k, v in summary["sample_ratios"].items()]
     if mem:
         out.append("\npeak RSS of train.py --epochs 1 --max-time M --no-strip vs corpus size")
+        out.append("(cold: first run, encodes the token cache; warm: a second run on the same corpus)")
         out.append(f"{'text MB':>8s} {'peak RSS MB':>12s} {'RSS MB/text MB':>15s} {'slope MB/MB':>12s} "
-                   f"{'wall s':>7s} {'steps':>6s}  status")
+                   f"{'encode s':>9s} {'cold start s':>13s} {'warm start s':>13s} {'steps':>6s}  status")
         for m in mem:
             status = "ok" if m["rc"] == 0 else ("TIMED OUT" if m["timed_out"] else f"FAILED (exit {m['rc']})")
-            out.append(f"{m['corpus_mb']:8.1f} {m['peak_rss_mb']:12.0f} {m['rss_mb_per_text_mb']:15.1f} "
-                       f"{fmt(m.get('slope_mb_per_text_mb'), '12.1f'):>12s} {m['wall_s']:7.1f} "
+            out.append(f"{m['corpus_mb']:8.1f} {m['peak_rss_mb']:12.0f} {m['rss_mb_per_text_mb']:15.3f} "
+                       f"{fmt(m.get('slope_mb_per_text_mb'), '12.3f'):>12s} {fmt(m.get('encode_s'), '9.1f'):>9s} "
+                       f"{fmt(m.get('cold_start_s'), '13.1f'):>13s} {fmt(m.get('warm_start_s'), '13.1f'):>13s} "
                        f"{fmt(m['steps'], '6d'):>6s}  {status}")
     busy = [r["other_cores"] for t in summary["train"].values() for r in t["impls"].values()]
     busy += [s["other_cores"] for s in summary["sample"].values()]

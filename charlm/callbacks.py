@@ -20,7 +20,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from charlm import checkpoint
+from charlm import checkpoint, distributed
 from charlm.config import RunConfig
 from charlm.errors import CharlmError
 from charlm.model import zero_carry
@@ -95,7 +95,7 @@ class TimeBudget:
         if epoch != 2 or self.fitted is not None or self.deadline == math.inf or self.cfg.train.lr_schedule == "constant":
             return state
         pace = (time.monotonic() - epoch_started) / max(steps_run, 1)
-        fits = int(state.step) + int((self.deadline - time.monotonic()) / pace)
+        fits = distributed.from_primary(int(state.step) + int((self.deadline - time.monotonic()) / pace))
         if fits >= self.total_steps:
             return state
         self.fitted = fits

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from charlm import distributed
 from charlm.config import RunConfig
 from charlm.data import Vocab
 from charlm.errors import CharlmError
@@ -107,6 +108,7 @@ def save_last(run_dir: str | Path, state: TrainState, meta: dict[str, Any], carr
 
     Saves are numbered 1, 2, ... so an epoch end and a signal at the same train step are two saves."""
     slot = Path(run_dir) / LAST
+    distributed.barrier("charlm-save-last")  # every process numbers the save from the same listing
     found = latest_step(slot)
     key = found[1] + 1 if found else 1
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
@@ -244,7 +246,7 @@ def restore(path: str | Path, carry=None) -> tuple[TrainState, RunConfig, Vocab,
     cfg, vocab = config_from_meta(meta)
     best, step = _locate(path)
     template = jax.eval_shape(lambda: create_train_state(cfg, jax.random.key(0)))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           _state_tree(template, carry))
     try:

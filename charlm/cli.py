@@ -161,11 +161,20 @@ def train_parser() -> argparse.ArgumentParser:
                      help="continue exactly where the run in --ckpt-dir stopped (its last checkpoint: same batch, "
                           "data order and dropout keys), or after its best epoch if there is no last one "
                           "(default: off; a directory that already holds a checkpoint is refused without it)")
+    hosts = p.add_argument_group("several hosts (one process per host, each with the same command but its "
+                                 "--process-id; each batch is split over every device of every process)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address, which every process connects to (env JAX_COORDINATOR_ADDRESS; "
+                            "default: one process)")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="how many processes (env JAX_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=int, metavar="I",
+                       help="this process's index, 0 to N-1; process 0 logs and writes the metrics file "
+                            "(env JAX_PROCESS_ID)")
     return p
 
 
 _NOT_CONFIG = ("text", "glob", "init_from", "gutenberg", "encoding", "errors", "preset", "ckpt_dir", "resume", "data_parallel",
-               "save_every")
+               "save_every", "coordinator", "num_processes", "process_id")
 
 
 def run_config_from_args(args: argparse.Namespace):
@@ -178,6 +187,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> None:
+        from charlm import distributed  # before anything touches a device
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         if args.init_from is not None:
             from charlm.checkpoint import config_from_meta, read_meta
             from charlm.finetune import SHAPE_FIELDS
@@ -199,7 +211,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         result = train(TextFiles(tuple(paths), args.encoding, args.errors), cfg, args.ckpt_dir, resume=args.resume,
                        data_parallel=args.data_parallel, save_every_minutes=args.save_every,
                        init_from=args.init_from)
-        if result.best_path is not None:
+        if result.best_path is not None and distributed.is_primary():
             print(f"Best checkpoint: {result.best_path} (loss {result.best_loss:.4f}); "
                   f"sample with: python sample.py --ckpt {args.ckpt_dir}")
         if result.interrupted is not None:  # the shell's convention: 128 + the signal (130 SIGINT, 143 SIGTERM)

@@ -1,8 +1,8 @@
 """The run's data: the config applied to the pure functions of `charlm.data`.
 
 `prepare_corpus` cleans, encodes and splits a text in memory as `cfg.data` says; `load_corpus`
-does the same for files through the token cache (`charlm.tokens`), whose ids stay on disk,
-memory-mapped. `training_windows` and `epoch_batches` give the training windows and each epoch's
+does the same for files through the token cache (`charlm.tokens`), whose ids stay on disk
+for a big corpus, read window by window. `training_windows` and `epoch_batches` give the training windows and each epoch's
 batches in a resumable order, without materialising either for a big corpus.
 """
 
@@ -77,7 +77,7 @@ def cleaning_of(cfg: RunConfig, encoding: str = "utf-8", errors: str = "strict")
 def load_corpus(paths: Sequence[str | Path], cfg: RunConfig, encoding: str = "utf-8", errors: str = "strict",
                 extend: Vocab | None = None, log: Callable[[str], None] = print) -> Corpus:
     """The corpus of files (joined as `corpus.read_texts` joins them) through the token cache:
-    encoded on first use, then memory-mapped, so its size costs disk, not RAM."""
+    encoded on first use, then read as training goes, so its size costs disk, not RAM."""
     encoded = encode_corpus(paths, cleaning_of(cfg, encoding, errors), extend, log=log)
     return dataclasses.replace(_split(encoded.tokens, encoded.vocab, encoded.fingerprint, cfg),
                                files=tuple(encoded.files))

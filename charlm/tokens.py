@@ -1,5 +1,5 @@
 """The token cache: a corpus read, cleaned and encoded once, in chunks, into a compact file that
-training memory-maps, so RAM stays flat whatever the corpus's size.
+training reads as it goes (see TokenFile), so RAM stays flat whatever the corpus's size.
 
 Under `cache_dir()/tokens/`, one entry per corpus and set of options:
   <key>.tokens  a 64-byte header (magic, format, id width, token count, key), then the ids:
@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -52,7 +53,7 @@ class Cleaning:
 
 @dataclass(frozen=True)
 class EncodedCorpus:
-    """A cached corpus: ids (a read-only memory map), their vocabulary, the cleaned text's
+    """A cached corpus: ids (an array, or for a big corpus a TokenFile), their vocabulary, the cleaned text's
     fingerprint (as `corpus.fingerprint` of the whole text) and each file's record."""
 
     tokens: np.ndarray
@@ -138,6 +139,9 @@ def _clean(piece: str, cleaning: Cleaning) -> str:
 
 
 def _codes(text: str) -> np.ndarray:
+    """The text's code points; one byte each for ASCII text (CPython knows, in O(1), that it is)."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
@@ -192,6 +196,79 @@ def _write(target: Path, key: str, paths, cleaning, cuts, vocab: Vocab, n_tokens
     os.replace(partial, target)
 
 
+IN_MEMORY_MAX_BYTES = 64 << 20  # a token file up to this size is read into RAM; a bigger one is read as needed
+
+
+class TokenFile:
+    """A big token file's ids as a read-only, 1-D array-like that reads only what is asked for.
+
+    Indexing with an array reads each row's span with one os.pread (a batch of windows is one
+    read per window) and a slice is a view that reads nothing until np.asarray is called on
+    it. Nothing is memory-mapped, because every page of a mapping that a random window touches
+    stays in the process's RSS: a long run would end with the whole file resident.
+    """
+
+    ndim = 1
+
+    def __init__(self, path: Path, dtype: np.dtype, count: int, start: int = 0, fd: int | None = None):
+        self.path, self.dtype, self._count, self._start = Path(path), np.dtype(dtype), count, start
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            weakref.finalize(self, os.close, fd)
+            self._owner = None
+        self._fd = fd
+
+    def _view(self, start: int, count: int) -> "TokenFile":
+        view = TokenFile(self.path, self.dtype, count, self._start + start, self._fd)
+        view._owner = self._owner or self  # keeps the file open while a view lives
+        return view
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self._count,)
+
+    @property
+    def size(self) -> int:
+        return self._count
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        width = self.dtype.itemsize
+        out = np.empty(max(0, hi - lo), self.dtype)
+        view, done = memoryview(out).cast("B"), 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:done + (1 << 30)]], HEADER_BYTES + (self._start + lo) * width + done)
+            if got <= 0:
+                raise CharlmError(f"the token file {self.path} was truncated while training read it")
+            done += got
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self._count)
+            return self._view(lo, max(0, hi - lo)) if step == 1 else self._read(lo, hi)[::step]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self._count if key < 0 else 0)
+            if not 0 <= i < self._count:
+                raise IndexError(f"index {int(key)} out of range for {self._count} tokens")
+            return self._read(i, i + 1)[0]
+        index = np.asarray(key)
+        if index.size and (index.min() < 0 or index.max() >= self._count):
+            raise IndexError(f"token index out of range for {self._count} tokens")
+        rows = index.reshape(-1, index.shape[-1] if index.ndim else 1)
+        out = np.empty(rows.shape, self.dtype)
+        for r, row in enumerate(rows):  # one read per row: a window's chars are contiguous
+            lo = int(row.min()) if row.size else 0
+            out[r] = self._read(lo, int(row.max()) + 1 if row.size else 0)[row - lo]
+        return out.reshape(index.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self._read(0, self._count)
+        return out if dtype is None else out.astype(dtype)
+
+
 def _entry(root: Path, key: str) -> tuple[Path, Path]:
     return root / f"{key}.tokens", root / f"{key}.json"
 
@@ -213,7 +290,8 @@ def _open(root: Path, key: str) -> tuple[np.ndarray, dict] | str:
         return "its header disagrees with its sidecar"
     if size != HEADER_BYTES + n * dtype.itemsize:
         return f"truncated ({size} bytes, {HEADER_BYTES + n * dtype.itemsize} expected)"
-    return np.memmap(tokens_path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n,)), info
+    ids = TokenFile(tokens_path, dtype, n)
+    return (np.asarray(ids) if n * dtype.itemsize <= IN_MEMORY_MAX_BYTES else ids), info
 
 
 def encode_corpus(paths: Sequence[str | os.PathLike], cleaning: Cleaning = Cleaning(), extend: Vocab | None = None,

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from charlm import checkpoint
+from charlm import checkpoint, distributed
 from charlm.callbacks import Diverged, EarlyStopping, KeepBest, LastCheckpoint, TimeBudget
 from charlm.config import RunConfig
 from charlm.corpus import describe_files
@@ -56,7 +57,8 @@ def val_metric(cfg: RunConfig) -> str:
 def validation_nll(state: TrainState, cfg: RunConfig, corpus: Corpus) -> np.ndarray:
     """One NLL (nats) per val char, each predicted from text that precedes it."""
     metric = "last-window" if cfg.data.objective == "last" else "stream"
-    return tail_nll(eval_params(state), cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
+    params = distributed.local_copy(eval_params(state))  # each process scores the tail on its own
+    return tail_nll(params, cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
 
 
 @dataclass
@@ -100,9 +102,10 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
     total, count = jnp.asarray(position.loss_sum, jnp.float32), jnp.asarray(position.count, jnp.float32)
     chars = 0
     bar = tqdm(total=steps, initial=position.batch, desc=desc, unit="step", file=sys.stderr, leave=False,
-               disable=None if progress is None else not progress)
+               disable=(None if progress is None else not progress) if distributed.is_primary() else True)
     stopped, i = False, -1
     last_save = time.monotonic()
+    multi = distributed.multi_process()
 
     def where(done: int) -> Position:
         return dataclasses.replace(position, batch=position.batch + done, loss_sum=float(total), count=float(count),
@@ -124,12 +127,17 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
                 raise _loss_diverged(state)
             if not bar.disable:
                 bar.set_postfix(loss=f"{running:.4f}", chars_s=f"{chars / (time.perf_counter() - t0):,.0f}")
-        if stop is not None and stop.signal is not None:
+        if multi and (i + 1) % PROGRESS_EVERY:
+            continue  # several processes decide together, every PROGRESS_EVERY steps
+        signum, late, save_due = distributed.agreed(
+            (stop.signal or 0) if stop is not None else 0, time.monotonic() >= deadline,
+            save is not None and time.monotonic() - last_save >= save_every and i + 1 < steps - position.batch)
+        if signum:
             break
-        if time.monotonic() >= deadline:
+        if late:
             stopped = True
             break
-        if save is not None and time.monotonic() - last_save >= save_every and i + 1 < steps - position.batch:
+        if save_due:
             if not math.isfinite(float(total)):  # never save a diverged state
                 raise _loss_diverged(state)
             save(state, where(i + 1), carry)
@@ -139,7 +147,7 @@ def run_epoch(state: TrainState, batches: Iterator[dict], cfg: RunConfig, dropou
     if not math.isfinite(loss):
         raise _loss_diverged(state)
     after = where(i + 1)
-    signum = stop.signal if stop is not None else None
+    signum = distributed.agreed((stop.signal or 0) if stop is not None else 0)[0] or None
     return state, EpochStats(loss, i + 1, chars, stopped, signum), after, carry
 
 
@@ -152,32 +160,11 @@ def _check_writable(run_dir: Path) -> None:
             raise CharlmError(f"checkpoint directory {run_dir} is damaged: {run_dir / slot} is a file")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"  # one per process: several may share run_dir
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
         raise CharlmError(f"checkpoint directory {run_dir} is not writable: {e.strerror}") from None
-
-
-def _data_parallel_placement(cfg: RunConfig, data_parallel: bool | None):
-    """(put the state, put a batch or carry) for training over all local devices, or identity functions.
-
-    Data parallelism is plain SPMD: the state is replicated, each batch is split along its batch
-    axis over a 1-D mesh, and jit partitions the step; XLA inserts the gradient all-reduce.
-    With None it is on when more than one device is visible."""
-    devices = jax.local_devices()
-    B = cfg.train.batch_size
-    uneven = B % len(devices) != 0
-    # Automatic mode falls back to one device (rather than failing) when the batch does not split.
-    if data_parallel is False or (data_parallel is None and (len(devices) == 1 or uneven)):
-        return (lambda tree: tree), (lambda tree: tree), 1
-    if uneven:
-        raise CharlmError(f"--data-parallel splits each batch over {len(devices)} devices; "
-                          f"--batch-size {B} is not a multiple of {len(devices)}")
-    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    return (lambda tree: jax.device_put(tree, replicated)), (lambda tree: jax.device_put(tree, split)), len(devices)
 
 
 def _epoch_record(epoch: int, state: TrainState, stats: EpochStats, cfg: RunConfig, corpus: Corpus,
@@ -213,7 +200,7 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
 
     Args:
       raw_text: the book as read from disk, cleaned here as cfg.data says; or TextFiles, read
-        through the token cache (charlm.tokens: encoded once, then memory-mapped, so a corpus of
+        through the token cache (charlm.tokens: encoded once, then read as needed, so a corpus of
         any size trains in flat memory), whose `source` and `files` default to the files'.
       cfg: the run config; cfg.model.vocab_size is filled in from the text.
       run_dir: checkpoint directory. Must hold no checkpoint unless `resume`.
@@ -235,6 +222,10 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     from it exactly. With cfg.train.ema_decay the averaged weights are validated and saved as best.
     """
     run_dir = Path(run_dir)
+    if not distributed.is_primary():  # process 0 speaks for the run
+        log, progress = (lambda line: None), False
+    if distributed.multi_process() and cfg.data.stateful:
+        raise CharlmError("--stateful training on several processes is not supported yet; train it on one")
     _check_writable(run_dir)
     base, origin = _base_vocab(run_dir, resume, init_from)
     if isinstance(raw_text, TextFiles):
@@ -249,7 +240,8 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     T, B = cfg.data.seq_length, cfg.train.batch_size
     steps_per_epoch = windows.steps(B)
     total_steps = steps_per_epoch * cfg.train.epochs
-    place_state, place_batch, n_devices = _data_parallel_placement(cfg, data_parallel)
+    placed = distributed.placement(B, data_parallel)
+    place_state, place_batch, n_devices = placed.put_state, placed.put_batch, placed.devices
     state, position, carry, fitted = _starting_point(run_dir, cfg, corpus, resume, total_steps, steps_per_epoch, log)
     if init_from is not None and not resume:
         state = _initialised_from(init_from, state, cfg, corpus, log)
@@ -300,7 +292,8 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
                 log(line)
                 best.on_epoch_end(epoch, state, {**meta, "total_steps": budget.horizon()},
                                   record["val_loss"] if has_val else record["train_loss"])
-                _append_metrics(run_dir, record)
+                if distributed.is_primary():
+                    _append_metrics(run_dir, record)
                 state = budget.refit(epoch, state, stats.steps, epoch_started, log)
                 if stats.stopped and position.batch < steps_per_epoch:  # mid-epoch: --resume goes on from here
                     last.save(state, position, carry)

@@ -1,6 +1,9 @@
 """The token cache: the same ids as the in-memory path, rebuilt when anything it depends on
 changes, never read when damaged; and the window order big corpora use."""
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
@@ -9,7 +12,9 @@ from charlm.config import make_run_config
 from charlm.corpus import clean_text, read_texts
 from charlm.data import WindowOrder, shuffled
 from charlm.dataset import epoch_batches, load_corpus, prepare_corpus, training_windows
+from charlm.scoring import tail_nll
 from charlm.tokens import Cleaning, encode_corpus
+from charlm.training import create_train_state
 
 
 def in_memory(paths, cleaning: Cleaning):
@@ -50,15 +55,36 @@ def test_cache_gives_the_in_memory_ids_on_alice_and_on_unicode_text(tmp_path, wo
     check_same([book, other], Cleaning(strip=False), tmp_path / "c")
 
 
-def test_training_batches_are_the_same_from_the_cache(tmp_path, wonderland_path):
-    cfg = make_run_config(val_frac=0.1, test_frac=0.05)
+@pytest.mark.parametrize("in_memory_max", [tokens.IN_MEMORY_MAX_BYTES, 0])  # ids in RAM, or read as needed
+def test_training_and_validation_see_the_same_ids_from_the_cache(tmp_path, wonderland_path, monkeypatch,
+                                                                 in_memory_max):
+    monkeypatch.setattr(tokens, "IN_MEMORY_MAX_BYTES", in_memory_max)
+    cfg = make_run_config(val_frac=0.1, test_frac=0.05, hidden=8)
     mapped = load_corpus([wonderland_path], cfg, log=lambda line: None)
     memory = prepare_corpus(wonderland_path.read_text(encoding="utf-8"), cfg)
+    assert isinstance(mapped.tokens, tokens.TokenFile) == (in_memory_max == 0)
     assert (mapped.fingerprint, mapped.split, mapped.test_chars) == (memory.fingerprint, memory.split,
                                                                       memory.test_chars)
     windows = training_windows(mapped, cfg)
     for a, b, _ in zip(epoch_batches(mapped, cfg, windows, 3), epoch_batches(memory, cfg, windows, 3), range(3)):
         assert all(np.array_equal(a[k], b[k]) for k in a)
+    model = dataclasses.replace(cfg.model, vocab_size=memory.vocab.size)
+    params = create_train_state(dataclasses.replace(cfg, model=model), jax.random.key(0), 1).params
+    for metric in ("stream", "last-window"):
+        assert np.array_equal(tail_nll(params, model, mapped.tokens, mapped.split, 100, metric),
+                              tail_nll(params, model, memory.tokens, memory.split, 100, metric))
+
+
+def test_token_file_reads_what_it_is_asked_for(tmp_path, wonderland_path, monkeypatch):
+    monkeypatch.setattr(tokens, "IN_MEMORY_MAX_BYTES", 0)
+    ids = encode_corpus([wonderland_path], Cleaning(), root=tmp_path, log=lambda line: None).tokens
+    whole = np.asarray(ids)
+    assert len(ids) == len(whole) == 144_433 and ids[5] == whole[5] and ids[-1] == whole[-1]
+    view = ids[1000:2000]
+    assert len(view) == 1000 and np.array_equal(np.asarray(view), whole[1000:2000])
+    assert np.array_equal(view[np.array([[0, 1, 2], [997, 998, 999]])], whole[[[1000, 1001, 1002], [1997, 1998, 1999]]])
+    with pytest.raises(IndexError):
+        view[np.array([1000])]
 
 
 def test_cache_is_rebuilt_when_the_text_or_an_option_changes(tmp_path):
