@@ -9,6 +9,7 @@ peer draws the same batches from it with the same seed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -147,6 +148,7 @@ def peer_main(impl: str, make_step: StepMaker, tasks: dict[str, Task], versions:
     p.add_argument("task", choices=sorted(tasks))
     p.add_argument("--text", default=DEFAULT_TEXT)
     p.add_argument("--setup", choices=sorted(SETUPS), default="seed-small", help="train: the configuration")
+    p.add_argument("--batch", type=int, help="train: windows per step (default: the setup's)")
     p.add_argument("--warmup", type=int, default=3, help="train: untimed steps after the first")
     p.add_argument("--steps", type=int, default=20, help="train: timed steps")
     p.add_argument("--chars", type=int, default=1000, help="sample: chars per stateful stream")
@@ -165,6 +167,8 @@ def peer_main(impl: str, make_step: StepMaker, tasks: dict[str, Task], versions:
 def train_task(args: argparse.Namespace, tokens: np.ndarray, vocab_size: int, make_step: StepMaker) -> dict:
     """Every peer's `train` task: same batches, same timing, same record."""
     setup = SETUPS[args.setup]
+    if args.batch:  # the GPU script also times each setup at batch 1024
+        setup = dataclasses.replace(setup, batch=args.batch)
     batches = fixed_batches(tokens, setup, 1 + args.warmup + args.steps)
     timing = time_steps(make_step(setup, vocab_size), batches, 1 + args.warmup)
     return {"setup": args.setup, **asdict(setup), "vocab_size": vocab_size,

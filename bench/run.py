@@ -28,7 +28,9 @@ from bench.perfkit import DEFAULT_TEXT, SEQ_LENGTH, SETUPS, run_child, train_flo
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = {"charlm": "bench.charlm_peer", "charlm-bf16": "bench.charlm_peer", "torch": "bench.peers.torch_peer",
-         "keras": "bench.peers.keras_peer"}
+         "keras": "bench.peers.keras_peer", "charlm-base": "bench.charlm_peer"}
+# charlm-base: charlm at another revision (--baseline REV, checked out in a temporary worktree),
+# interleaved with this one: an A/B of a change measured side by side.
 # charlm-bf16: the same charlm step with --precision bfloat16 (bf16 recurrent matmuls, f32 state and loss).
 PRECISION = {"charlm-bf16": "bfloat16"}
 PARTS = ("train", "sample", "memory")
@@ -51,15 +53,29 @@ def peer_args(task: str, setup: str | None, s: dict, text: str) -> list[str]:
     return args
 
 
-def run_peer(impl: str, args: list[str], timeout: float) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO),
+def run_peer(impl: str, args: list[str], timeout: float, baseline: Path | None = None) -> dict:
+    root = baseline if impl == "charlm-base" else REPO
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(root),
            "CHARLM_BENCH_PRECISION": PRECISION.get(impl, "float32")}
-    child = run_child([sys.executable, "-m", PEERS[impl], *args], str(REPO), timeout, env)
+    child = run_child([sys.executable, "-m", PEERS[impl], *args], str(root), timeout, env)
     lines = [line for line in child["stdout"].splitlines() if line.startswith("{")]
     if child["rc"] != 0 or not lines:
         return {"impl": impl, "task": args[0], "error": f"exit {child['rc']}", "stderr_tail": child["stderr_tail"],
                 "args": args}
-    return {**json.loads(lines[-1]), "other_cores": child["other_cores"]}
+    return {**json.loads(lines[-1]), "impl": impl, "other_cores": child["other_cores"]}  # the peer names itself charlm
+
+
+def checkout(rev: str) -> Path:
+    """A worktree of `rev` in a temporary directory (removed at exit)."""
+    import atexit
+    import subprocess
+    import tempfile
+
+    where = Path(tempfile.mkdtemp(prefix="charlm-base-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", str(where), rev], cwd=REPO, check=True,
+                   capture_output=True)
+    atexit.register(subprocess.run, ["git", "worktree", "remove", "--force", str(where)], cwd=REPO)
+    return where
 
 
 def schedule(parts: list[str], impls: list[str]) -> list[tuple[str, str, str | None]]:
@@ -99,7 +115,8 @@ def summarize(raw: list[dict]) -> dict:
                           "peak_rss_mb": median_of(recs, "peak_rss_mb"), "rounds": len(recs),
                           "other_cores": max(r["other_cores"] for r in recs)}
         ratios = {f"{ours}/{peer}": rows[peer]["step_s"] / rows[ours]["step_s"]
-                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "keras") if ours in rows and peer in rows}
+                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "keras", "charlm-base")
+                  if ours in rows and peer in rows}
         train[setup_name] = {"impls": rows, "throughput_ratios": ratios}
     sampling: dict = {}
     for r in ok:
@@ -183,6 +200,7 @@ def main() -> None:
     p.add_argument("--impls", nargs="+", choices=list(PEERS), default=list(PEERS), help="implementations to time")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3; 1 with --quick)")
     p.add_argument("--memory-mb", type=float, nargs="+", help="corpus sizes for the RSS part (default: 1 10 100)")
+    p.add_argument("--baseline", metavar="REV", help="also time charlm at git revision REV (impl charlm-base)")
     p.add_argument("--pool", nargs="+", metavar="JSON",
                    help="runs nothing: prints the medians over all rounds of these result files together "
                         "(several runs on a noisy machine)")
@@ -197,11 +215,13 @@ def main() -> None:
     out = Path(args.out or REPO / "bench" / "results" / ("cpu-quick.json" if args.quick else "cpu.json"))
 
     raw = []
-    jobs = schedule(args.only, args.impls)
+    impls = args.impls + (["charlm-base"] if args.baseline and "charlm-base" not in args.impls else [])
+    baseline = checkout(args.baseline) if args.baseline else None
+    jobs = schedule(args.only, impls)
     for rnd in range(s["rounds"] if jobs else 0):
         for impl, task, setup in jobs:
             print(f"round {rnd + 1}/{s['rounds']}: {impl} {task} {setup or ''}", file=sys.stderr, flush=True)
-            raw.append({"round": rnd + 1, **run_peer(impl, peer_args(task, setup, s, text), s["timeout"])})
+            raw.append({"round": rnd + 1, **run_peer(impl, peer_args(task, setup, s, text), s["timeout"], baseline)})
     mem = (memory.measure(text, s["memory_mb"], s["memory_minutes"], REPO, s["timeout"],
                           log=lambda line: print(line, file=sys.stderr, flush=True))
            if "memory" in args.only else [])

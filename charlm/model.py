@@ -46,6 +46,8 @@ def _forget_bias_init(hidden: int):
 
 GATES = {"lstm": 4, "gru": 3}  # gate blocks per cell: i, f, g, o and r, u, n
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # ModelConfig.precision -> recurrent matmul dtype
+# Float inputs with at least this many features are projected for all steps before the recurrence.
+PROJECT_AHEAD_MIN_FEATURES = 16
 
 
 class RecurrentLayer(nn.Module):
@@ -86,13 +88,18 @@ class RecurrentLayer(nn.Module):
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.weight_drop, U_HxGH.shape)
             U_HxGH = U_HxGH * keep.astype(U_HxGH.dtype) / (1 - self.weight_drop)
 
-        # Float inputs are projected step by step inside the recurrence; one-hot ids are a row
-        # lookup of W done here for all steps (scaled by input dropout), passed in pre-projected.
+        # One-hot ids are a row lookup of W done here for all steps (scaled by input dropout),
+        # passed in pre-projected. Wide float inputs (a lower layer's h, an embedding) are
+        # projected here too, as one [T*B, D] x [D, G] matmul, as oneDNN and cuDNN do; the few
+        # features of the scaled encoding are projected inside the recurrence's step, where the
+        # product fuses into its elementwise pass.
         if self.lookup:
             x_TxB_ = W_DxGH[x_TxB_]
             if scale_TxB is not None:
                 x_TxB_ = x_TxB_ * scale_TxB[..., None]
             x_TxB_, W_DxGH, b_GH = x_TxB_ + b_GH[None, None, :], None, None
+        elif in_features >= PROJECT_AHEAD_MIN_FEATURES:
+            x_TxB_, W_DxGH, b_GH = x_TxB_ @ W_DxGH + b_GH[None, None, :], None, None
         c0, h0 = carry
         if self.cell == "lstm":
             return lstm_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, c0, h0, mask_TxB, self.matmul_dtype)

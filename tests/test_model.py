@@ -191,3 +191,35 @@ def test_input_dropout_changes_training_outputs_only(encoding):
     evaluated, _ = CharLSTM(dropped_cfg).apply({"params": params}, ids)
     assert not np.allclose(plain, dropped)
     np.testing.assert_allclose(plain, evaluated, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("encoding", ["scaled", "embed"])
+def test_inputs_projected_ahead_match_the_step_by_step_projection(monkeypatch, cell, encoding):
+    """Wide inputs are projected for all steps before the recurrence: the same outputs and float64
+    gradients (with a mask) as projecting inside the step, whose backward pass test_recurrence
+    checks against autodiff, and for the LSTM the NumPy reference's logits."""
+    import charlm.model as model
+
+    cfg = ModelConfig(vocab_size=V, hidden=H, layers=2, cell=cell, input_encoding=encoding, embed_dim=E)
+    ids = random_ids(2, (B, 8))
+    mask = np.random.default_rng(3).random((B, 8)) < 0.7
+    mask[:, 0] = True
+    with jax.enable_x64(True):
+        params = perturbed(init_params(cfg, jax.random.key(0), jnp.float64))
+        weights = jax.random.normal(jax.random.key(4), (B, 8, V), jnp.float64)
+
+        def loss(p):
+            logits, _ = CharLSTM(cfg, jnp.float64).apply({"params": p}, jnp.asarray(ids), mask_BxT=jnp.asarray(mask))
+            return jnp.sum(logits * weights)
+        results = []
+        for threshold in (10 ** 9, 1):  # every input projected inside the step; every one ahead
+            monkeypatch.setattr(model, "PROJECT_AHEAD_MIN_FEATURES", threshold)
+            results.append(jax.value_and_grad(loss)(params))
+            if cell == "lstm" and threshold == 1:
+                logits, _ = CharLSTM(cfg, jnp.float64).apply({"params": params}, jnp.asarray(ids))
+                np.testing.assert_allclose(np.asarray(logits), reference_forward(params, cfg, ids)[0], rtol=1e-9)
+    (value, grads), (ahead_value, ahead_grads) = results
+    np.testing.assert_allclose(ahead_value, value, rtol=1e-12)
+    for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(ahead_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(g), rtol=1e-9, atol=1e-12)

@@ -1,4 +1,5 @@
-"""Plain PyTorch peer for bench.run: the tutorial's nets in eager PyTorch on every CPU core (2 threads here).
+"""Plain PyTorch peer for bench.run: the tutorial's nets in eager PyTorch on every CPU core (2 threads here),
+or on the GPU (cuDNN) when there is one.
 
     python -m bench.peers.torch_peer train --setup seed-big
     python -m bench.peers.torch_peer sample --chars 1000 --streams 64
@@ -12,12 +13,16 @@ stateful loop: prime once, then one nn.LSTM step per char carrying (h, c), argma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 import torch
 from torch import nn
 
 from bench import perfkit
+
+# The GPU when there is one (cuDNN's LSTM), else every CPU core.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class CharNet(nn.Module):
@@ -35,28 +40,35 @@ class CharNet(nn.Module):
         return self.out(self.drop(h_BxTxH)), state
 
 
-def make_step(setup: perfkit.Setup, vocab_size: int):
+def make_step(setup: perfkit.Setup, vocab_size: int, phase=lambda name: contextlib.nullcontext()):
+    """The timed step; `phase(name)` wraps its forward, backward and optimizer parts (the
+    profiler in bench.torch_profile marks them)."""
     torch.manual_seed(0)
-    model = CharNet(setup.layers, vocab_size).train()
+    model = CharNet(setup.layers, vocab_size).train().to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=perfkit.LEARNING_RATE)
     last = setup.objective == "last"
 
     def step(batch: dict) -> None:
-        x = torch.from_numpy(perfkit.scaled_inputs(batch, vocab_size))
-        y = torch.from_numpy(batch["targets"][:, -1] if last else batch["targets"]).long()
+        x = torch.from_numpy(perfkit.scaled_inputs(batch, vocab_size)).to(DEVICE)
+        y = torch.from_numpy(batch["targets"][:, -1] if last else batch["targets"]).long().to(DEVICE)
         opt.zero_grad(set_to_none=True)
-        logits, _ = model(x, last_only=last)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
-        loss.backward()
-        opt.step()  # eager CPU: the work is done when this returns
+        with phase("forward"):
+            logits, _ = model(x, last_only=last)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            opt.step()  # eager CPU: the work is done when this returns
+        if DEVICE.type == "cuda":  # eager CUDA only queues it
+            torch.cuda.synchronize()
 
     return step
 
 
 def sample(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
     torch.manual_seed(0)
-    model = CharNet(1, vocab_size).eval()
-    prime = torch.from_numpy(perfkit.primes(tokens, args.streams)).float() / vocab_size
+    model = CharNet(1, vocab_size).eval().to(DEVICE)
+    prime = torch.from_numpy(perfkit.primes(tokens, args.streams)).float().to(DEVICE) / vocab_size
 
     @torch.inference_mode()
     def stateful(rows: int):
@@ -66,7 +78,7 @@ def sample(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
             ids = logits.argmax(-1)
             out.append(ids)
             logits, state = model((ids.float() / vocab_size)[:, None, None], state)
-        return torch.stack(out, 1)
+        return torch.stack(out, 1).cpu()  # on CUDA, waits for the last char
 
     return {"prime_chars": prime.shape[1], "samples": [
         perfkit.time_sampler("stateful", 1, args.chars, lambda: stateful(1), args.reps),
@@ -75,7 +87,9 @@ def sample(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
 
 
 def versions() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+            **({"gpu": torch.cuda.get_device_name(), "cudnn": torch.backends.cudnn.version()}
+               if DEVICE.type == "cuda" else {})}
 
 
 if __name__ == "__main__":
