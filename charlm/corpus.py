@@ -17,7 +17,7 @@ import unicodedata
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from charlm.errors import CharlmError
 
@@ -198,19 +198,32 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def gutenberg_span(pieces: Iterable[str]) -> tuple[int, int | None]:
+    """(start, end) in chars of the part of a text that `strip_gutenberg` keeps (end None: to the
+    end), given as pieces cut after line ends (one piece: a whole text). The scan stops at the END
+    line after the START line, so a streamed book is read only that far."""
+    offset, start, first_end = 0, None, None
+    for piece in pieces:
+        at = 0
+        if start is None and (m := _START.search(piece)):
+            newline = piece.find("\n", m.end())
+            at = newline + 1 if newline >= 0 else len(piece)
+            start = offset + at
+        if (m := _END.search(piece, at)) and start is not None:
+            return start, offset + m.start()
+        if m and first_end is None and start is None:  # the END line, should no START line follow
+            first_end = offset + m.start()
+        offset += len(piece)
+    return (start, None) if start is not None else (0, first_end)
+
+
 def strip_gutenberg(text: str) -> str:
     """Drops a Project Gutenberg header (through the START line) and footer (from the END line).
 
     A text without the markers is returned unchanged.
     """
-    start = _START.search(text)
-    if start:
-        newline = text.find("\n", start.end())
-        text = text[newline + 1:] if newline >= 0 else ""
-    end = _END.search(text)
-    if end:
-        text = text[:end.start()]
-    return text
+    start, end = gutenberg_span([text])
+    return text[start:end]
 
 
 def remove_punctuation(text: str) -> str:

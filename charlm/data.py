@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import re
-from typing import Iterator
 
 import numpy as np
 
@@ -129,12 +128,6 @@ class WindowOrder:
         while (outside := out >= self.n).any():
             out[outside] = self._feistel(out[outside])
         return out.astype(np.int64)
-
-
-def batch_starts(starts: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Splits window starts into batches; the last one may be shorter."""
-    for i in range(0, len(starts), batch_size):
-        yield starts[i:i + batch_size]
 
 
 def gather_batch(tokens: np.ndarray, starts: np.ndarray, seq_length: int, batch_size: int | None = None,

@@ -2,8 +2,9 @@
 
 `prepare_corpus` cleans, encodes and splits a text in memory as `cfg.data` says; `load_corpus`
 does the same for files through the token cache (`charlm.tokens`), whose ids stay on disk
-for a big corpus, read window by window. `training_windows` and `epoch_batches` give the training windows and each epoch's
-batches in a resumable order, without materialising either for a big corpus.
+for a big corpus, read window by window. `training_windows` and `epoch_batches` give the
+training windows and each epoch's batches in a resumable order, without materialising either
+for a big corpus.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Corpus:
 
     fingerprint: str   # of the whole cleaned text: identifies the run's corpus
     vocab: Vocab       # of the whole text, so the test tail can be scored later
-    tokens: np.ndarray  # ids of the text without the test tail: train, then validation (maybe a memory map)
+    tokens: np.ndarray  # ids of the text without the test tail: train, then validation (or a TokenFile)
     split: int         # tokens[:split] train, tokens[split:] validate
     test_chars: int = 0  # chars of the held-out test tail (not in tokens)
     files: tuple = ()  # each file's {path, chars, fingerprint}, when it came from files
@@ -146,10 +147,12 @@ def training_windows(corpus: Corpus, cfg: RunConfig) -> Windows:
     return Windows(num_windows(n, d.seq_length, d.window_stride), stride=d.window_stride)
 
 
-def summary_lines(corpus: Corpus, cfg: RunConfig) -> list[str]:
-    """The tutorial's three summary lines (plus the split, when there is one)."""
+def summary_lines(corpus: Corpus, cfg: RunConfig, windows: Windows | None = None) -> list[str]:
+    """The tutorial's three summary lines (plus the split, when there is one); pass the run's
+    `windows` if they are already worked out."""
+    windows = windows or training_windows(corpus, cfg)
     lines = [f"Total Characters: {len(corpus.tokens) + corpus.test_chars}", f"Total Vocab: {corpus.vocab.size}",
-             f"Total Patterns: {training_windows(corpus, cfg).patterns}"]
+             f"Total Patterns: {windows.patterns}"]
     if cfg.data.val_frac > 0 or corpus.test_chars:
         line = f"Train Characters: {corpus.split}, Val Characters: {len(corpus.tokens) - corpus.split}"
         if corpus.test_chars:

@@ -95,24 +95,8 @@ def _lines(path: Path, cleaning: Cleaning) -> Iterator[str]:
 
 
 def gutenberg_cut(path: Path, cleaning: Cleaning) -> tuple[int, int | None]:
-    """(start, end) in chars of the LF text that `strip_gutenberg` keeps; end None: to the end.
-
-    The scan stops at the END line after the START line: a book's markers cost one read of it."""
-    if not cleaning.strip:
-        return 0, None
-    offset, start, first_end = 0, None, None
-    for piece in _lines(path, cleaning):
-        at = 0
-        if start is None and (m := text_io._START.search(piece)):
-            newline = piece.find("\n", m.end())
-            at = newline + 1 if newline >= 0 else len(piece)
-            start = offset + at
-        if (m := text_io._END.search(piece, at)) and start is not None and offset + m.start() >= start:
-            return start, offset + m.start()
-        if m and first_end is None and start is None:  # the END line, should no START line follow
-            first_end = offset + m.start()
-        offset += len(piece)
-    return (start, None) if start is not None else (0, first_end)
+    """(start, end) in chars of the file's LF text that `strip_gutenberg` keeps; end None: to the end."""
+    return text_io.gutenberg_span(_lines(path, cleaning)) if cleaning.strip else (0, None)
 
 
 def cleaned_pieces(paths: Sequence[Path], cleaning: Cleaning,

@@ -234,9 +234,9 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     else:
         corpus = prepare_corpus(raw_text, cfg, extend=base)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.vocab.size))
-    for line in summary_lines(corpus, cfg):
-        log(line)
     windows = training_windows(corpus, cfg)
+    for line in summary_lines(corpus, cfg, windows):
+        log(line)
     T, B = cfg.data.seq_length, cfg.train.batch_size
     steps_per_epoch = windows.steps(B)
     total_steps = steps_per_epoch * cfg.train.epochs

@@ -79,13 +79,6 @@ def test_shuffle_is_deterministic_per_seed_and_epoch():
     assert sorted(a.tolist()) == starts.tolist()
 
 
-def test_batch_starts_cover_every_window_once():
-    starts = np.arange(10)
-    batches = list(data.batch_starts(starts, 4))
-    assert [len(b) for b in batches] == [4, 4, 2]
-    assert np.concatenate(batches).tolist() == starts.tolist()
-
-
 def test_seed_windows():
     ids = np.arange(50, dtype=np.int32)
     seeds = data.seed_windows(ids, 10, 3, seed=0)
