@@ -1,5 +1,5 @@
 """charlm's train step against another git revision's, with PyTorch alongside: A/B medians of
-alternating rounds (issue 14).
+alternating rounds (issue 14); torch-tuned is PyTorch with charlm's allocator settings (bench.run.PEER_ENV).
 
     python -m bench.ab_step --baseline af8374b --setup seed-big --rounds 4
 
@@ -27,7 +27,7 @@ def main() -> None:
     a = p.parse_args()
     base = run.checkout(a.baseline)
     text = str(Path(a.text).resolve())
-    times: dict[str, list[float]] = {"charlm": [], "charlm-base": [], "torch": []}
+    times: dict[str, list[float]] = {"charlm": [], "charlm-base": [], "torch": [], "torch-tuned": []}
     for rnd in range(a.rounds):
         for impl in times:
             r = run.run_peer(impl, run.peer_args("train", a.setup, run.FULL, text), 900, base)

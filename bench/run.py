@@ -25,14 +25,21 @@ from pathlib import Path
 
 from bench import memory
 from bench.perfkit import DEFAULT_TEXT, SEQ_LENGTH, SETUPS, run_child, train_flops
+from charlm.host import GLIBC_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = {"charlm": "bench.charlm_peer", "charlm-bf16": "bench.charlm_peer", "torch": "bench.peers.torch_peer",
-         "keras": "bench.peers.keras_peer", "charlm-base": "bench.charlm_peer"}
+         "keras": "bench.peers.keras_peer", "charlm-base": "bench.charlm_peer", "torch-tuned": "bench.peers.torch_peer"}
 # charlm-base: charlm at another revision (--baseline REV, checked out in a temporary worktree),
 # interleaved with this one: an A/B of a change measured side by side.
 # charlm-bf16: the same charlm step with --precision bfloat16 (bf16 recurrent matmuls, f32 state and loss).
 PRECISION = {"charlm-bf16": "bfloat16"}
+# The peers import charlm's data helpers (bench.perfkit), and `import charlm` tunes glibc's allocator
+# (charlm.host): torch and keras are run as their users run them, with glibc untouched. torch-tuned is
+# the torch peer given the same allocator settings through the environment, for comparison.
+PEER_ENV = {"torch": {"CHARLM_ALLOCATOR": "system"}, "keras": {"CHARLM_ALLOCATOR": "system"},
+            "torch-tuned": GLIBC_ENV}
+DEFAULT_IMPLS = ["charlm", "charlm-bf16", "torch", "keras"]
 PARTS = ("train", "sample", "memory")
 
 # Per-task settings: the full suite, and --quick, which only shows that everything runs.
@@ -56,7 +63,7 @@ def peer_args(task: str, setup: str | None, s: dict, text: str) -> list[str]:
 def run_peer(impl: str, args: list[str], timeout: float, baseline: Path | None = None) -> dict:
     root = baseline if impl == "charlm-base" else REPO
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(root),
-           "CHARLM_BENCH_PRECISION": PRECISION.get(impl, "float32")}
+           "CHARLM_BENCH_PRECISION": PRECISION.get(impl, "float32"), **PEER_ENV.get(impl, {})}
     child = run_child([sys.executable, "-m", PEERS[impl], *args], str(root), timeout, env)
     lines = [line for line in child["stdout"].splitlines() if line.startswith("{")]
     if child["rc"] != 0 or not lines:
@@ -115,7 +122,7 @@ def summarize(raw: list[dict]) -> dict:
                           "peak_rss_mb": median_of(recs, "peak_rss_mb"), "rounds": len(recs),
                           "other_cores": max(r["other_cores"] for r in recs)}
         ratios = {f"{ours}/{peer}": rows[peer]["step_s"] / rows[ours]["step_s"]
-                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "keras", "charlm-base")
+                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "torch-tuned", "keras", "charlm-base")
                   if ours in rows and peer in rows}
         train[setup_name] = {"impls": rows, "throughput_ratios": ratios}
     sampling: dict = {}
@@ -197,7 +204,8 @@ def main() -> None:
     p.add_argument("--text", default=DEFAULT_TEXT, help="the book (default: %(default)s)")
     p.add_argument("--out", help="JSON results (default: bench/results/cpu.json, or cpu-quick.json with --quick)")
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)")
-    p.add_argument("--impls", nargs="+", choices=list(PEERS), default=list(PEERS), help="implementations to time")
+    p.add_argument("--impls", nargs="+", choices=list(PEERS), default=DEFAULT_IMPLS,
+                   help="implementations to time (default: %(default)s)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3; 1 with --quick)")
     p.add_argument("--memory-mb", type=float, nargs="+", help="corpus sizes for the RSS part (default: 1 10 100)")
     p.add_argument("--baseline", metavar="REV", help="also time charlm at git revision REV (impl charlm-base)")

@@ -11,9 +11,16 @@ Every step of train.py and sample.py is a plain function here:
 
 Names are imported from their modules on first use, so `import charlm` is instant and
 `python -m charlm.evaluate` runs without the package importing that module first.
+
+Importing the package also sets glibc's allocator up for XLA:CPU (see `charlm.host`):
+import charlm before your first JAX computation, or set CHARLM_ALLOCATOR=system to opt out.
 """
 
 import importlib
+
+from charlm import host
+
+host.tune_allocator()
 
 __version__ = "0.1.0"
 
@@ -21,6 +28,7 @@ _EXPORTS = {
     "config": ["DataConfig", "DynamicSettings", "ModelConfig", "PRESETS", "RunConfig", "SamplingSettings",
                "TrainConfig", "make_run_config"],
     "errors": ["CharlmError"],
+    "host": ["allocator_status", "tune_allocator"],
     "corpus": ["clean_text", "download_gutenberg", "find_text_files", "read_text", "read_texts", "resolve_corpus",
                "strip_gutenberg"],
     "data": ["Vocab", "WindowOrder", "gather_batch", "sentence_windows", "shuffled", "split_point", "stream_starts",

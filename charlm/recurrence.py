@@ -77,17 +77,17 @@ def _forward(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dty
         if m_t is not None:  # masked steps leave the state as it was
             keep = m_t[:, None]
             new_c, new_h = jnp.where(keep, new_c, c), jnp.where(keep, new_h, h)
-        return (new_c, new_h), (new_h, c, gates, tanh_c)
+        return (new_c, new_h), (new_h, h, c, gates, tanh_c)
 
-    (c, h), (hs, c_prev, gates, tanh_cs) = jax.lax.scan(step, (c0_BxH, h0_BxH), (x_TxBxD, mask_TxB))
-    return (hs, c, h), (x_TxBxD, W_Dx4H, U_Hx4H, h0_BxH, hs, c_prev, gates, tanh_cs, mask_TxB)
+    (c, h), (hs, h_prev, c_prev, gates, tanh_cs) = jax.lax.scan(step, (c0_BxH, h0_BxH), (x_TxBxD, mask_TxB))
+    return (hs, c, h), (x_TxBxD, W_Dx4H, U_Hx4H, h_prev, c_prev, gates, tanh_cs, mask_TxB)
 
 
 def _backward(matmul_dtype, residuals, cotangents):
-    x_TxBxD, W_Dx4H, U_Hx4H, h0_BxH, hs, c_prev, gates, tanh_cs, mask_TxB = residuals
+    x_TxBxD, W_Dx4H, U_Hx4H, h_prev, c_prev, gates, tanh_cs, mask_TxB = residuals
     dhs, dc_last, dh_last = cotangents
     Ut = _cast(U_Hx4H.T, matmul_dtype)
-    _, _, bump = _gate_constants(U_Hx4H.shape[0], hs.dtype)
+    _, _, bump = _gate_constants(U_Hx4H.shape[0], gates.dtype)
 
     def step(carry, inputs):
         dc_in, dh_in = carry  # gradients flowing into this step's output state
@@ -109,16 +109,16 @@ def _backward(matmul_dtype, residuals, cotangents):
 
     (dc0, dh0), dz_TxBx4H = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, gates, tanh_cs, mask_TxB),
                                          reverse=True)
-    dU = _recurrent_weight_grad(h0_BxH, hs, dz_TxBx4H, matmul_dtype).astype(U_Hx4H.dtype)
+    dU = _recurrent_weight_grad(h_prev, dz_TxBx4H, matmul_dtype).astype(U_Hx4H.dtype)
     return (*_input_grads(x_TxBxD, W_Dx4H, dz_TxBx4H), dU, dc0, dh0, _mask_grad(mask_TxB))
 
 
-def _recurrent_weight_grad(h0_BxH, hs_TxBxH, dz_TxBxG, matmul_dtype):
-    """sum_t h_{t-1}^T dz_t as one matmul over steps 1..T-1 plus the initial state's term
-    (no concatenated copy of the h sequence)."""
-    H, G = hs_TxBxH.shape[-1], dz_TxBxG.shape[-1]
-    return (_matmul(hs_TxBxH[:-1].reshape(-1, H).T, dz_TxBxG[1:].reshape(-1, G), matmul_dtype)
-            + _matmul(h0_BxH.T, dz_TxBxG[0], matmul_dtype))
+def _recurrent_weight_grad(h_prev_TxBxH, dz_TxBxG, matmul_dtype):
+    """sum_t h_{t-1}^T dz_t as one matmul over all T * B rows. The forward scan saved each step's
+    incoming h for this: pairing the output sequence with dz shifted by one step would copy both
+    (slices of the stacks, 65 MB a seed-small step)."""
+    H, G = h_prev_TxBxH.shape[-1], dz_TxBxG.shape[-1]
+    return _matmul(h_prev_TxBxH.reshape(-1, H).T, dz_TxBxG.reshape(-1, G), matmul_dtype)
 
 
 def _input_grads(x_TxBxD, W_DxG, dz_TxBxG):
@@ -187,17 +187,16 @@ def _gru_forward(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_
         new_h = (1 - u) * n + u * h
         if m_t is not None:
             new_h = jnp.where(m_t[:, None], new_h, h)
-        return new_h, (new_h, jnp.concatenate([r, u, n, hn], axis=-1))
+        return new_h, (new_h, h, jnp.concatenate([r, u, n, hn], axis=-1))
 
-    h, (hs, saved) = jax.lax.scan(step, h0_BxH, (x_TxBxD, mask_TxB))
-    return (hs, h), (x_TxBxD, W_Dx3H, U_Hx3H, h0_BxH, hs, saved, mask_TxB)
+    h, (hs, h_prev, saved) = jax.lax.scan(step, h0_BxH, (x_TxBxD, mask_TxB))
+    return (hs, h), (x_TxBxD, W_Dx3H, U_Hx3H, h_prev, saved, mask_TxB)
 
 
 def _gru_backward(matmul_dtype, residuals, cotangents):
-    x_TxBxD, W_Dx3H, U_Hx3H, h0_BxH, hs, saved, mask_TxB = residuals
+    x_TxBxD, W_Dx3H, U_Hx3H, h_prev, saved, mask_TxB = residuals
     dhs, dh_last = cotangents
     Ut = _cast(U_Hx3H.T, matmul_dtype)
-    h_prev = jnp.concatenate([h0_BxH[None], hs[:-1]], axis=0)
 
     def step(dh_in, inputs):
         dh_t, h_p, s, m_t = inputs
@@ -215,7 +214,7 @@ def _gru_backward(matmul_dtype, residuals, cotangents):
         return dh_prev, (dzx, dzh)
 
     dh0, (dzx, dzh) = jax.lax.scan(step, dh_last, (dhs, h_prev, saved, mask_TxB), reverse=True)
-    dU = _recurrent_weight_grad(h0_BxH, hs, dzh, matmul_dtype).astype(U_Hx3H.dtype)
+    dU = _recurrent_weight_grad(h_prev, dzh, matmul_dtype).astype(U_Hx3H.dtype)
     return (*_input_grads(x_TxBxD, W_Dx3H, dzx), dU, dzh.sum(axis=(0, 1)), dh0, _mask_grad(mask_TxB))
 
 

@@ -18,6 +18,7 @@ from flax import struct
 from flax.training import train_state
 
 from charlm.config import RunConfig
+from charlm.host import COMPILER_OPTIONS
 from charlm.model import CharLSTM, Carry, init_params
 
 class TrainState(train_state.TrainState):
@@ -128,14 +129,14 @@ def _step(state: TrainState, batch: dict, rng: jax.Array, objective: str, carry:
     return state.apply_gradients(grads=grads), {"loss": loss, "count": count}, carry
 
 
-@functools.partial(jax.jit, static_argnames="objective", donate_argnums=0)
+@functools.partial(jax.jit, static_argnames="objective", donate_argnums=0, compiler_options=COMPILER_OPTIONS)
 def train_step(state: TrainState, batch: dict, rng: jax.Array, objective: str = "last"):
     """One Adam step on a batch of windows, each from a zero state. Returns (state, {'loss', 'count'})."""
     state, metrics, _ = _step(state, batch, rng, objective, None)
     return state, metrics
 
 
-@functools.partial(jax.jit, static_argnames="objective", donate_argnums=0)
+@functools.partial(jax.jit, static_argnames="objective", donate_argnums=0, compiler_options=COMPILER_OPTIONS)
 def stateful_train_step(state: TrainState, batch: dict, rng: jax.Array, carry: Carry, objective: str = "all"):
     """One Adam step that starts from `carry` and returns (state, metrics, carry after the batch).
 

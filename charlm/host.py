@@ -1,0 +1,82 @@
+"""Host (CPU) runtime settings that make a train step faster: glibc's allocator and XLA:CPU options.
+
+**The allocator.** XLA:CPU allocates one scratch buffer per execution of a jitted step (157 MB
+for seed-small: the scan's saved gates and states) and frees it at the end. The allocation
+comes from an XLA worker thread, and glibc serves a request over 64 MB in a thread's arena
+with a fresh `mmap`, so every step page-faults and zero-fills those pages again (about 38k
+faults and a sixth of seed-small's step on a 2-core CPU; BENCHMARKS.md). `tune_allocator`,
+called by `import charlm`, asks glibc (`mallopt`) to serve every thread from the main heap
+(M_ARENA_MAX 1), never to `mmap` (M_MMAP_MAX 0) and to keep up to 1 GiB of freed heap
+(M_TRIM_THRESHOLD), so the buffer is reused from step to step. It acts only on threads
+started afterwards, so it must run before JAX's first computation: import charlm before
+using JAX, or set `GLIBC_ENV`'s variables (MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=1073741824) in the environment. `CHARLM_ALLOCATOR=system` leaves
+glibc as it is. Other C libraries (macOS, musl) are left alone.
+
+**XLA:CPU compile options** (`COMPILER_OPTIONS`, passed to the train steps' `jax.jit`): copy
+insertion with region analysis drops the per-step copies of the scan's carried state. Other
+backends ignore `xla_cpu_*` options.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+ENV = "CHARLM_ALLOCATOR"
+TRIM_THRESHOLD_BYTES = 1 << 30
+# mallopt parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+# The same settings as glibc reads them from the environment at process start.
+GLIBC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}
+
+COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+_status = "not tuned yet"
+
+
+def tune_allocator() -> str:
+    """Applies the allocator settings above (once; later calls only report). Returns the status:
+    'tuned', 'tuned late (...)', or why it was left alone."""
+    global _status
+    if _status != "not tuned yet":
+        return _status
+    if os.environ.get(ENV, "tuned") == "system":
+        _status = f"system ({ENV}=system)"
+        return _status
+    libc = _glibc()
+    if libc is None:
+        _status = "system (not glibc)"
+        return _status
+    ok = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
+    _status = "tuned" if ok else "system (mallopt refused)"
+    if ok and _jax_started():
+        _status = "tuned late (JAX was already running: its threads keep their own arenas)"
+    return _status
+
+
+def allocator_status() -> str:
+    return _status
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+    except (OSError, AttributeError):  # musl and others have no gnu_get_libc_version
+        return None
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return libc
+
+
+def _jax_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+    return xla_bridge.backends_are_initialized()
