@@ -29,16 +29,18 @@ from charlm.host import GLIBC_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = {"charlm": "bench.charlm_peer", "charlm-bf16": "bench.charlm_peer", "torch": "bench.peers.torch_peer",
-         "keras": "bench.peers.keras_peer", "charlm-base": "bench.charlm_peer", "torch-tuned": "bench.peers.torch_peer"}
+         "keras": "bench.peers.keras_peer", "charlm-base": "bench.charlm_peer", "torch-tuned": "bench.peers.torch_peer",
+         "charlm-system": "bench.charlm_peer"}
 # charlm-base: charlm at another revision (--baseline REV, checked out in a temporary worktree),
 # interleaved with this one: an A/B of a change measured side by side.
 # charlm-bf16: the same charlm step with --precision bfloat16 (bf16 recurrent matmuls, f32 state and loss).
 PRECISION = {"charlm-bf16": "bfloat16"}
 # The peers import charlm's data helpers (bench.perfkit), and `import charlm` tunes glibc's allocator
 # (charlm.host): torch and keras are run as their users run them, with glibc untouched. torch-tuned is
-# the torch peer given the same allocator settings through the environment, for comparison.
+# the torch peer given the same allocator settings through the environment, for comparison, and
+# charlm-system is charlm with them off (CHARLM_ALLOCATOR=system), to see what they do to charlm.
 PEER_ENV = {"torch": {"CHARLM_ALLOCATOR": "system"}, "keras": {"CHARLM_ALLOCATOR": "system"},
-            "torch-tuned": GLIBC_ENV}
+            "torch-tuned": GLIBC_ENV, "charlm-system": {"CHARLM_ALLOCATOR": "system"}}
 DEFAULT_IMPLS = ["charlm", "charlm-bf16", "torch", "keras"]
 PARTS = ("train", "sample", "memory")
 
@@ -122,7 +124,7 @@ def summarize(raw: list[dict]) -> dict:
                           "peak_rss_mb": median_of(recs, "peak_rss_mb"), "rounds": len(recs),
                           "other_cores": max(r["other_cores"] for r in recs)}
         ratios = {f"{ours}/{peer}": rows[peer]["step_s"] / rows[ours]["step_s"]
-                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "torch-tuned", "keras", "charlm-base")
+                  for ours in ("charlm", "charlm-bf16") for peer in ("torch", "torch-tuned", "keras", "charlm-base", "charlm-system")
                   if ours in rows and peer in rows}
         train[setup_name] = {"impls": rows, "throughput_ratios": ratios}
     sampling: dict = {}

@@ -3,6 +3,7 @@ or on the GPU (cuDNN) when there is one.
 
     python -m bench.peers.torch_peer train --setup seed-big
     python -m bench.peers.torch_peer sample --chars 1000 --streams 64
+    python -m bench.peers.torch_peer gemm --setup seed-small
 
 nn.LSTM(1, 256, num_layers) -> Dropout(0.2) -> Linear(256, V), Adam lr 1e-3, cross-entropy,
 on the same batches as charlm. For two layers, nn.LSTM's own dropout between the layers plus
@@ -86,6 +87,29 @@ def sample(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
     ]}
 
 
+def gemm(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
+    """perfkit.step_gemms as torch.mm runs them (oneDNN/MKL on CPU): a Python loop of products,
+    each on its own input and into its own slot of the output stack (a few µs of dispatch per
+    product, against hundreds of µs of work), as bench.charlm_peer's gemm does in a lax.scan."""
+    records = []
+    with torch.inference_mode():
+        for name, m, k, n, calls in perfkit.step_gemms(perfkit.SETUPS[args.setup]):
+            gen = torch.Generator().manual_seed(0)
+            a = torch.randn(calls, m, k, generator=gen).to(DEVICE)
+            b = torch.randn(k, n, generator=gen).to(DEVICE)
+            out = torch.empty(calls, m, n, device=DEVICE)
+
+            def run():
+                for t in range(calls):
+                    torch.mm(a[t], b, out=out[t])
+                if DEVICE.type == "cuda":
+                    torch.cuda.synchronize()
+
+            timing = perfkit.time_calls(run, max(args.reps, 5))
+            records.append(perfkit.gemm_record(name, m, k, n, calls, timing["seconds"]))
+    return {"setup": args.setup, "gemms": records}
+
+
 def versions() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
             **({"gpu": torch.cuda.get_device_name(), "cudnn": torch.backends.cudnn.version()}
@@ -94,4 +118,4 @@ def versions() -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(os.cpu_count() or 1)  # every core, as XLA uses them: 2 on the project's machine
-    perfkit.peer_main("torch", make_step, {"sample": sample}, versions)
+    perfkit.peer_main("torch", make_step, {"sample": sample, "gemm": gemm}, versions)
