@@ -8,8 +8,15 @@ from functools import partial
 import sys
 from pathlib import Path
 
-import jax
-import pytest
+# Before charlm is first imported, here and in every process the tests start: glibc left as it is.
+# The tuned allocator (charlm.host) makes long train steps faster but every compile slower (one
+# arena for all of XLA's threads), and these tests are mostly compiles: tests/test_recurrence.py
+# with tests/test_model.py took 96 and 104 s tuned, 76 and 82 s untouched. tests/test_host.py
+# checks the tuned default in fresh interpreters; CHARLM_ALLOCATOR=tuned runs the whole suite so.
+os.environ.setdefault("CHARLM_ALLOCATOR", "system")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")  # a silently broadcast axis is a bug
 
