@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from bench import perfkit
 from charlm.config import make_run_config
+from charlm.host import allocator_status, tune_allocator
 from charlm.sampling import generate_stateful, generate_window
 from charlm.training import create_train_state, train_step
 
@@ -34,6 +35,7 @@ def _config(setup: perfkit.Setup, vocab_size: int):
 
 
 def make_step(setup: perfkit.Setup, vocab_size: int):
+    tune_allocator()  # as charlm.train does, before JAX's first computation (CHARLM_ALLOCATOR=system: not)
     cfg = _config(setup, vocab_size)
     # One-element lists: train_step donates the state, so each step must replace it.
     state = [create_train_state(cfg, jax.random.key(0))]
@@ -76,13 +78,13 @@ def matmul(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
 
 def gemm(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
     """perfkit.step_gemms as XLA runs them: the per-time-step products inside one lax.scan, as in
-    charlm's recurrence (no dispatch per product), each on its own input and into its own slot of
-    the output stack; the weight gradient as one jitted product."""
+    charlm's recurrence (no dispatch per product), each on its own input, its result carried to
+    the next step (one [m, n] buffer, no stack to write); the weight gradient as one jitted product."""
     records = []
     for name, m, k, n, calls in perfkit.step_gemms(perfkit.SETUPS[args.setup]):
         a = jax.random.normal(jax.random.key(0), (calls, m, k), jnp.float32)
         b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-        run = jax.jit(lambda a, b: jax.lax.scan(lambda _, a_t: (None, a_t @ b), None, a)[1])
+        run = jax.jit(lambda a, b: jax.lax.scan(lambda _, a_t: (a_t @ b, None), jnp.zeros((m, n)), a)[0])
         timing = perfkit.time_calls(lambda: run(a, b).block_until_ready(), max(args.reps, 5))
         records.append(perfkit.gemm_record(name, m, k, n, calls, timing["seconds"]))
     return {"setup": args.setup, "gemms": records}
@@ -93,7 +95,7 @@ def versions() -> dict:
     import jaxlib
 
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-            "device": str(jax.devices()[0])}
+            "device": str(jax.devices()[0]), "allocator": allocator_status()}
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ PEERS = {"charlm": "bench.charlm_peer", "charlm-bf16": "bench.charlm_peer", "tor
 # interleaved with this one: an A/B of a change measured side by side.
 # charlm-bf16: the same charlm step with --precision bfloat16 (bf16 recurrent matmuls, f32 state and loss).
 PRECISION = {"charlm-bf16": "bfloat16"}
-# The peers import charlm's data helpers (bench.perfkit), and `import charlm` tunes glibc's allocator
-# (charlm.host): torch and keras are run as their users run them, with glibc untouched. torch-tuned is
-# the torch peer given the same allocator settings through the environment, for comparison, and
-# charlm-system is charlm with them off (CHARLM_ALLOCATOR=system), to see what they do to charlm.
+# charlm's train task tunes glibc's allocator as charlm.train does (charlm.host); torch and keras run
+# as their users run them, with glibc untouched (CHARLM_ALLOCATOR=system is a guard: they import
+# charlm's data helpers through bench.perfkit). torch-tuned is the torch peer given the same allocator
+# settings through the environment, for comparison, and charlm-system is charlm with them off.
 PEER_ENV = {"torch": {"CHARLM_ALLOCATOR": "system"}, "keras": {"CHARLM_ALLOCATOR": "system"},
             "torch-tuned": GLIBC_ENV, "charlm-system": {"CHARLM_ALLOCATOR": "system"}}
 DEFAULT_IMPLS = ["charlm", "charlm-bf16", "torch", "keras"]

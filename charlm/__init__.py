@@ -12,15 +12,12 @@ Every step of train.py and sample.py is a plain function here:
 Names are imported from their modules on first use, so `import charlm` is instant and
 `python -m charlm.evaluate` runs without the package importing that module first.
 
-Importing the package also sets glibc's allocator up for XLA:CPU (see `charlm.host`):
-import charlm before your first JAX computation, or set CHARLM_ALLOCATOR=system to opt out.
+Importing it changes nothing in the process. Training (`charlm.train`, train.py) sets glibc's
+allocator up for XLA:CPU first (`charlm.tune_allocator`, see `charlm.host`); a loop of your own
+over `train_step` can call it before its first JAX computation.
 """
 
 import importlib
-
-from charlm import host
-
-host.tune_allocator()
 
 __version__ = "0.1.0"
 

@@ -187,9 +187,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> None:
-        from charlm import distributed  # before anything touches a device
+        from charlm import distributed, host
 
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        host.tune_allocator()  # glibc for XLA:CPU's train steps, before JAX's threads start (charlm.host)
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any device work
         if args.init_from is not None:
             from charlm.checkpoint import config_from_meta, read_meta
             from charlm.finetune import SHAPE_FIELDS

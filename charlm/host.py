@@ -8,11 +8,16 @@ faults a step; on a 2-core CPU the settings below took a fifth off seed-small's 
 forward and backward, and 8 % off its whole train step; BENCHMARKS.md). `tune_allocator`,
 called by `import charlm`, asks glibc (`mallopt`) to serve every thread from the main heap
 (M_ARENA_MAX 1), never to `mmap` (M_MMAP_MAX 0) and to keep up to 1 GiB of freed heap
-(M_TRIM_THRESHOLD), so the buffer is reused from step to step. It acts only on threads
-started afterwards, so it must run before JAX's first computation: import charlm before
-using JAX, or set `GLIBC_ENV`'s variables (MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=1073741824) in the environment. `CHARLM_ALLOCATOR=system` leaves
-glibc as it is. Other C libraries (macOS, musl) are left alone.
+(M_TRIM_THRESHOLD), so the buffer is reused from step to step. The price of one arena for all
+threads: every XLA compile is slower (a seed-small first step 2.4 s against 1.7 s on a 2-core
+Xeon) and so is 64-stream sampling (about 8 %), while train steps there were 13-17 % faster.
+So only training tunes: the train CLI and `charlm.train` call `tune_allocator` first, and
+sampling, scoring and serving leave glibc as it is. It acts only on threads started
+afterwards, so it must run before JAX's first computation (a loop of your own over
+`train_step`: call it first, or set `GLIBC_ENV`'s variables MALLOC_ARENA_MAX=1
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824 in the environment).
+`CHARLM_ALLOCATOR=system` leaves glibc as it is (the tests set it: they are mostly compiles).
+Other C libraries (macOS, musl) are left alone.
 
 **XLA:CPU compile options** (`COMPILER_OPTIONS`, passed to the train steps' `jax.jit`): copy
 insertion with region analysis drops the per-step copies of the scan's carried state. Other

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from charlm import checkpoint, distributed
+from charlm import checkpoint, distributed, host
 from charlm.callbacks import Diverged, EarlyStopping, KeepBest, LastCheckpoint, TimeBudget
 from charlm.config import RunConfig
 from charlm.corpus import describe_files
@@ -221,6 +221,7 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     at the end of every epoch, every `save_every_minutes` and on SIGINT/SIGTERM; --resume continues
     from it exactly. With cfg.train.ema_decay the averaged weights are validated and saved as best.
     """
+    host.tune_allocator()  # train.py did already; a library caller's first JAX work may come after
     run_dir = Path(run_dir)
     if not distributed.is_primary():  # process 0 speaks for the run
         log, progress = (lambda line: None), False
