@@ -6,7 +6,8 @@ A train step of one LSTM layer does 2 T small products (forward h U and backward
 per time step) and one large weight-gradient product (bench.perfkit.step_gemms). This times
 exactly those, with nothing else around them, in a `gemm` child of each peer
 (bench.charlm_peer: inside one lax.scan, as charlm runs them; bench.peers.torch_peer: torch.mm,
-oneDNN/MKL), interleaved round by round, one process at a time. `floor ms` is the sum over a step's products: if XLA's floor alone exceeds PyTorch's
+oneDNN/MKL), each product on its own input and into one output buffer, interleaved round by
+round, one process at a time. `floor ms` is the sum over a step's products: if XLA's floor alone exceeds PyTorch's
 whole step, no change outside the products can put charlm ahead on this CPU.
 Writes bench/results/gemm-probe.json and prints a table.
 """
