@@ -78,8 +78,9 @@ def matmul(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
 
 def gemm(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
     """perfkit.step_gemms as XLA runs them: the per-time-step products inside one lax.scan, as in
-    charlm's recurrence (no dispatch per product), each on its own input, its result carried to
-    the next step (one [m, n] buffer, no stack to write); the weight gradient as one jitted product."""
+    charlm's recurrence (no dispatch per product), each on its own input, its result overwriting
+    one [m, n] carry that no step reads (no dependency between steps, no stack to write); the
+    weight gradient as a scan of one step."""
     records = []
     for name, m, k, n, calls in perfkit.step_gemms(perfkit.SETUPS[args.setup]):
         a = jax.random.normal(jax.random.key(0), (calls, m, k), jnp.float32)
@@ -95,7 +96,7 @@ def versions() -> dict:
     import jaxlib
 
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-            "device": str(jax.devices()[0]), "allocator": allocator_status()}
+            "device": str(jax.devices()[0]), "allocator": allocator_status().replace("not tuned yet", "system")}
 
 
 if __name__ == "__main__":

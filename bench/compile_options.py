@@ -6,7 +6,8 @@
 Where bench.xla_flags needs a process per variant (XLA_FLAGS is read once, at start), an
 option that `jax.jit(..., compiler_options=...)` takes can be compared inside one process:
 each variant jits the same train step with its options and its own copy of the state, and
-step i of every variant runs before step i + 1 of any, on the same batch. Slow drifts of a
+step i of every variant runs before step i + 1 of any, on the same batch, in an order that
+rotates from step to step. Slow drifts of a
 noisy machine then hit every variant alike. `base` is charlm's own options
 (charlm.host.COMPILER_OPTIONS); a variant's options are added to them, and a null value
 removes one. The losses must agree: an option may change speed, not the step.
@@ -25,7 +26,7 @@ import numpy as np
 
 from bench import perfkit, run
 from charlm.config import make_run_config
-from charlm.host import COMPILER_OPTIONS
+from charlm.host import COMPILER_OPTIONS, allocator_status, tune_allocator
 from charlm.training import _step, create_train_state
 
 VARIANTS = {
@@ -51,6 +52,9 @@ def main() -> None:
     p.add_argument("--text", default=run.DEFAULT_TEXT)
     p.add_argument("--out", default=str(run.REPO / "bench" / "results" / "compile-options.json"))
     a = p.parse_args()
+    if any(name == "base" for name, _ in a.variant or ()):
+        p.error("'base' is charlm's own options; name your variant otherwise")
+    tune_allocator()  # as charlm.train does, before JAX's first computation
     chosen = {"base": {}, **({n: json.loads(o) for n, o in a.variant} if a.variant else VARIANTS)}
     setup = perfkit.SETUPS[a.setup]
     tokens, vocab_size = perfkit.load_tokens(a.text)
@@ -66,8 +70,9 @@ def main() -> None:
     states = {n: create_train_state(cfg, jax.random.key(0)) for n in chosen}
     times: dict[str, list[float]] = {n: [] for n in chosen}
     losses: dict[str, list[float]] = {n: [] for n in chosen}
+    names = list(chosen)
     for i in range(WARMUP + a.steps):
-        for n in chosen:
+        for n in names[i % len(names):] + names[:i % len(names)]:  # each variant takes every place in turn
             t0 = time.perf_counter()
             states[n], metrics = steps[n](states[n], batches[i % len(batches)], rng)
             jax.block_until_ready(metrics)
@@ -80,6 +85,7 @@ def main() -> None:
                    "max_loss_diff": max(abs(x - y) for x, y in zip(losses[n], losses["base"]))}
                for n, t in times.items()}
     Path(a.out).write_text(json.dumps({"setup": a.setup, "precision": a.precision, "steps": a.steps,
+                                       "allocator": allocator_status(),
                                        "summary": summary, "ms": {n: [x * 1e3 for x in t] for n, t in times.items()}},
                                       indent=1))
     print(f"{a.setup} ({a.precision}), {a.steps} alternating steps per variant")

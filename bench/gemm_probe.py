@@ -7,8 +7,10 @@ per time step) and one large weight-gradient product (bench.perfkit.step_gemms).
 exactly those, with nothing else around them, in a `gemm` child of each peer
 (bench.charlm_peer: inside one lax.scan, as charlm runs them; bench.peers.torch_peer: torch.mm,
 oneDNN/MKL), each product on its own input and into one output buffer, interleaved round by
-round, one process at a time. `floor ms` is the sum over a step's products: if XLA's floor alone exceeds PyTorch's
-whole step, no change outside the products can put charlm ahead on this CPU.
+round, one process at a time. `floor ms per layer` is the sum over one layer's recurrent
+products in a step (seed-big has two layers, and its second layer's input-side products come on
+top): where XLA's floor alone exceeds PyTorch's whole step, no change outside the products can
+put charlm ahead on this CPU.
 Writes bench/results/gemm-probe.json and prints a table.
 """
 

@@ -171,7 +171,7 @@ def peer_main(impl: str, make_step: StepMaker, tasks: dict[str, Task], versions:
     p.add_argument("--chars", type=int, default=1000, help="sample: chars per stateful stream")
     p.add_argument("--window-chars", type=int, default=100, help="sample: chars in window / predict-loop mode")
     p.add_argument("--streams", type=int, default=64, help="sample: streams of the batched run")
-    p.add_argument("--reps", type=int, default=3, help="sample/matmul: timed repetitions")
+    p.add_argument("--reps", type=int, default=3, help="sample/matmul/gemm: timed repetitions (matmul and gemm: at least 5)")
     p.add_argument("--matmul-n", type=int, default=2048, help="matmul: square size")
     args = p.parse_args()
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ import jax
 
 from bench import perfkit
 from charlm.config import make_run_config
+from charlm.host import allocator_status, tune_allocator
 from charlm.training import create_train_state, train_step
 
 TRACED_STEPS = 3
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--text", default=perfkit.DEFAULT_TEXT)
     p.add_argument("--top", type=int, default=25, help="ops to list")
     args = p.parse_args()
+    tune_allocator()  # as charlm.train does, before JAX's first computation
     setup = perfkit.SETUPS[args.setup]
     tokens, vocab_size = perfkit.load_tokens(args.text)
     cfg = make_run_config(setup.preset, vocab_size=vocab_size, objective=setup.objective, stride=setup.stride,
@@ -57,7 +59,8 @@ def main() -> None:
         if e.get("ph") == "X" and not e["name"].startswith(("$", "ThunkExecutor")):
             total[e["name"]] += e.get("dur", 0)
             calls[e["name"]] += 1
-    print(f"{args.setup} ({args.precision}): ms per step by XLA op, over {TRACED_STEPS} traced steps")
+    print(f"{args.setup} ({args.precision}, allocator {allocator_status()}): ms per step by XLA op, "
+          f"over {TRACED_STEPS} traced steps")
     for name, us in total.most_common(args.top):
         print(f"{us / TRACED_STEPS / 1000:9.1f} ms  {calls[name] / TRACED_STEPS:6.0f} calls  {name[:90]}")
 

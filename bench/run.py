@@ -162,12 +162,12 @@ def table(summary: dict, mem: list[dict]) -> str:
     if summary["train"] and any(v["impls"] for v in summary["train"].values()):
         out.append(f"training, median over rounds (XLA f32 matmul ceiling: {fmt(summary['matmul_gflops'], '.1f')} "
                    "GFLOP/s); ratios = charlm throughput / peer throughput")
-        out.append(f"{'setup':12s} {'impl':11s} {'step ms':>8s} {'windows/s':>10s} {'target ch/s':>11s} "
+        out.append(f"{'setup':12s} {'impl':13s} {'step ms':>8s} {'windows/s':>10s} {'target ch/s':>11s} "
                    f"{'1st step s':>10s} {'epoch s':>8s} {'GFLOP/s':>8s} {'% ceil':>7s} {'RSS MB':>7s} {'busy':>5s}")
         for name, t in summary["train"].items():
             for impl, r in t["impls"].items():
                 pct = None if r["matmul_fraction"] is None else 100 * r["matmul_fraction"]
-                out.append(f"{name:12s} {impl:11s} {1000 * r['step_s']:8.1f} {r['windows_per_s']:10.0f} "
+                out.append(f"{name:12s} {impl:13s} {1000 * r['step_s']:8.1f} {r['windows_per_s']:10.0f} "
                            f"{r['target_chars_per_s']:11.0f} {r['compile_s']:10.2f} {r['epoch_s']:8.0f} "
                            f"{r['gflops']:8.2f} {fmt(pct, '6.1f'):>7s} {r['peak_rss_mb']:7.0f} {r['other_cores']:5.2f}")
             if t["throughput_ratios"]:

@@ -6,7 +6,7 @@ comes from an XLA worker thread, and glibc serves a request over 64 MB in a thre
 with a fresh `mmap`, so every step page-faults and zero-fills those pages again (about 38k
 faults a step; on a 2-core CPU the settings below took a fifth off seed-small's recurrence
 forward and backward, and 8 % off its whole train step; BENCHMARKS.md). `tune_allocator`,
-called by `import charlm`, asks glibc (`mallopt`) to serve every thread from the main heap
+called by train.py and `charlm.train`, asks glibc (`mallopt`) to serve every thread from the main heap
 (M_ARENA_MAX 1), never to `mmap` (M_MMAP_MAX 0) and to keep up to 1 GiB of freed heap
 (M_TRIM_THRESHOLD), so the buffer is reused from step to step. The price of one arena for all
 threads: every XLA compile is slower (a seed-small first step 2.4 s against 1.7 s on a 2-core

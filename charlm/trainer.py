@@ -216,12 +216,15 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
         SIGKILL loses at most this much training.
       init_from: start from this checkpoint's weights (charlm.finetune): its vocabulary plus the
         text's new chars, a fresh optimizer and epoch count; the model shape must match.
+    First it tunes glibc's allocator for the train steps (charlm.host), for the whole process and
+    for good: sampling later in the same process pays its costs too, and if JAX was already
+    running it comes too late for JAX's threads. CHARLM_ALLOCATOR=system opts out.
     The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
     else the lowest train loss (the tutorial's monitor='loss'). The `last` checkpoint is written
     at the end of every epoch, every `save_every_minutes` and on SIGINT/SIGTERM; --resume continues
     from it exactly. With cfg.train.ema_decay the averaged weights are validated and saved as best.
     """
-    host.tune_allocator()  # train.py did already; a library caller's first JAX work may come after
+    host.tune_allocator()  # train.py did already; see the docstring
     run_dir = Path(run_dir)
     if not distributed.is_primary():  # process 0 speaks for the run
         log, progress = (lambda line: None), False

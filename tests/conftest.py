@@ -8,11 +8,12 @@ from functools import partial
 import sys
 from pathlib import Path
 
-# Before charlm is first imported, here and in every process the tests start: glibc left as it is.
-# The tuned allocator (charlm.host) makes long train steps faster but every compile slower (one
-# arena for all of XLA's threads), and these tests are mostly compiles: tests/test_recurrence.py
-# with tests/test_model.py took 96 and 104 s tuned, 76 and 82 s untouched. tests/test_host.py
-# checks the tuned default in fresh interpreters; CHARLM_ALLOCATOR=tuned runs the whole suite so.
+# glibc's allocator left as it is, here and in every process the tests start. Training tunes it
+# (charlm.host: train.py, and charlm.train in-process, for the whole process), which makes long
+# train steps faster but every compile slower (one arena for all of XLA's threads), and these
+# tests are mostly compiles: with the tuning applied to every process, tests/test_recurrence.py
+# with tests/test_model.py took 96 and 104 s, against 76 and 82 s untouched. tests/test_host.py
+# checks the tuning in fresh interpreters.
 os.environ.setdefault("CHARLM_ALLOCATOR", "system")
 
 import jax  # noqa: E402
