@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from bench import perfkit
-from charlm.config import make_run_config
 from charlm.host import allocator_status, tune_allocator
 from charlm.sampling import generate_stateful, generate_window
 from charlm.training import create_train_state, train_step
@@ -29,9 +28,7 @@ from charlm.training import create_train_state, train_step
 
 def _config(setup: perfkit.Setup, vocab_size: int):
     # bench.run sets the precision per implementation row ("charlm" float32, "charlm-bf16" bfloat16).
-    return make_run_config(setup.preset, vocab_size=vocab_size, objective=setup.objective, stride=setup.stride,
-                           batch_size=setup.batch, layers=setup.layers,
-                           precision=os.environ.get("CHARLM_BENCH_PRECISION", "float32"))
+    return perfkit.charlm_config(setup, vocab_size, os.environ.get("CHARLM_BENCH_PRECISION", "float32"))
 
 
 def make_step(setup: perfkit.Setup, vocab_size: int):

@@ -25,7 +25,6 @@ import jax
 import numpy as np
 
 from bench import perfkit, run
-from charlm.config import make_run_config
 from charlm.host import COMPILER_OPTIONS, allocator_status, tune_allocator
 from charlm.training import _step, create_train_state
 
@@ -58,8 +57,7 @@ def main() -> None:
     chosen = {"base": {}, **({n: json.loads(o) for n, o in a.variant} if a.variant else VARIANTS)}
     setup = perfkit.SETUPS[a.setup]
     tokens, vocab_size = perfkit.load_tokens(a.text)
-    cfg = make_run_config(setup.preset, vocab_size=vocab_size, objective=setup.objective, stride=setup.stride,
-                          batch_size=setup.batch, layers=setup.layers, precision=a.precision)
+    cfg = perfkit.charlm_config(setup, vocab_size, a.precision)
     batches = perfkit.fixed_batches(tokens, setup, 8)
     rng = jax.random.key(1)
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from charlm.config import RunConfig, make_run_config
 from charlm.corpus import clean_text, read_text
 from charlm.data import Vocab, gather_batch, num_windows, window_starts
 
@@ -52,6 +53,12 @@ SETUPS = {
     "seed-big": Setup("seed-big", layers=2, batch=64, objective="last", stride=1),
     "dense-small": Setup("seed-small", layers=1, batch=128, objective="all", stride=SEQ_LENGTH),
 }
+
+
+def charlm_config(setup: Setup, vocab_size: int, precision: str = "float32") -> RunConfig:
+    """charlm's run config for a setup (its preset with the setup's shape, batch and objective)."""
+    return make_run_config(setup.preset, vocab_size=vocab_size, objective=setup.objective, stride=setup.stride,
+                           batch_size=setup.batch, layers=setup.layers, precision=precision)
 
 
 def load_tokens(path: str) -> tuple[np.ndarray, int]:

@@ -21,7 +21,6 @@ from pathlib import Path
 import jax
 
 from bench import perfkit
-from charlm.config import make_run_config
 from charlm.host import allocator_status, tune_allocator
 from charlm.training import create_train_state, train_step
 
@@ -38,8 +37,7 @@ def main() -> None:
     tune_allocator()  # as charlm.train does, before JAX's first computation
     setup = perfkit.SETUPS[args.setup]
     tokens, vocab_size = perfkit.load_tokens(args.text)
-    cfg = make_run_config(setup.preset, vocab_size=vocab_size, objective=setup.objective, stride=setup.stride,
-                          batch_size=setup.batch, layers=setup.layers, precision=args.precision)
+    cfg = perfkit.charlm_config(setup, vocab_size, args.precision)
     state = create_train_state(cfg, jax.random.key(0))
     batches = perfkit.fixed_batches(tokens, setup, 3 + TRACED_STEPS)
     rng = jax.random.key(1)
