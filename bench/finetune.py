@@ -1,13 +1,15 @@
-"""Does `--init-from` help? (issue 13): a model trained on other text for 10 minutes, then
-fine-tuned on Alice for 5, against Alice from scratch for 5, scored on the same held-out tail.
+"""Fine-tuning the base model on Alice (issue 21), beside `best` from scratch, one run at a time.
 
-    python -m bench.finetune --other /tmp/other/info      # ~22 minutes; one job at a time
+    python -m bench.finetune --runs zero-shot finetune-5 finetune-15 best-15 --dynamic
 
-`--other` is any text outside the repo (files or a directory; the figures in BENCHMARKS.md used
-the GNU Info manuals of this machine, `zcat /usr/share/info/*.gz` with control chars removed).
-Both Alice runs hold out the same test tail (`--test-frac 0.1`) and validation slice
-(`--val-frac 0.1`); the tail is scored once per run by `charlm.evaluate --val-frac 0.1`. Writes
-bench/results/finetune.json.
+Every Alice run holds out the same test tail (`--test-frac 0.1`, the 14,444-char tail) and
+validation slice (`--val-frac 0.1`): the candidates are compared on their best val loss, which
+is what picks the `finetune` preset; the tail is scored once per run afterwards by
+`charlm.evaluate --val-frac 0.1` (and with `--dynamic`). "zero-shot" scores the base with no
+fine-tuning. Each run's samples (8 x 500 chars at T 1.0 and 0.8, seeds fixed) give the share of
+real words (alphabetic runs of 2+ letters found in Alice's training part or the system word
+list) and the share of 20-char substrings found verbatim in the training part. Writes
+bench/results/finetune-base.json and prints a table.
 """
 
 from __future__ import annotations
@@ -16,66 +18,110 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SPLIT = ["--test-frac", "0.1", "--val-frac", "0.1", "--epochs", "1000"]
+BASE = ["--init-from", "base"]
+
+# name: (train.py flags, minutes); None: the base scored as it is.
+RUNS: dict[str, tuple[list[str], float] | None] = {
+    "zero-shot": None,
+    "finetune-5": (["--preset", "finetune", *BASE], 5),
+    "finetune-15": (["--preset", "finetune", *BASE], 15),
+    "best-5": (["--preset", "best"], 5),
+    "best-15": (["--preset", "best"], 15),
+    # candidates and ablations for the finetune preset (5 minutes, chosen on val only)
+    "best+base-5": (["--preset", "best", *BASE], 5),
+    "best+base-lr1e-3-5": (["--preset", "best", *BASE, "--lr", "1e-3"], 5),
+    "best+base-lr5e-4-5": (["--preset", "best", *BASE, "--lr", "5e-4"], 5),
+    "finetune-no-base-5": (["--preset", "finetune"], 5),
+}
 
 
 def run(*args: str) -> str:
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
-    print(f"  {' '.join(args[:3])} ... {time.monotonic() - t0:.0f} s", flush=True)
+    print(f"  {' '.join(args[:5])} ... {time.monotonic() - t0:.0f} s", flush=True)
     return out
 
 
-def score(ckpt: Path, text: str) -> dict:
-    return json.loads(run("-m", "charlm.evaluate", "--ckpt", str(ckpt), "--text", text, "--val-frac", "0.1", "--json"))
+def score(ckpt: str, text: str, dynamic: bool) -> dict:
+    return json.loads(run("-m", "charlm.evaluate", "--ckpt", ckpt, "--text", text, "--val-frac", "0.1", "--json",
+                          *(["--dynamic"] if dynamic else [])))
+
+
+def sample_stats(ckpt: str, train_text: str, temperature: float) -> dict:
+    from charlm import novelty
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "samples.txt"
+        run("sample.py", "--ckpt", ckpt, "--temperature", str(temperature), "--num-samples", "8", "--length", "500",
+            "--seed", "1", "--output", str(out))
+        samples = out.read_text(encoding="utf-8").split("\n\n")
+    share, count = novelty.real_word_share(samples, train_text, novelty.load_word_list())
+    return {"real_words": share, "words": count, "verbatim_20": novelty.verbatim_shares(samples, train_text, (20,))[20],
+            "excerpt": samples[0][:200]}
+
+
+def alice_training_part(text: str) -> str:
+    """Alice cleaned as the runs clean it, cut where their training part ends (before val and test)."""
+    from charlm.config import make_run_config
+    from charlm.dataset import prepare_corpus
+
+    cfg = make_run_config("best", test_frac=0.1, val_frac=0.1)
+    corpus = prepare_corpus(Path(text).read_text(encoding="utf-8"), cfg)
+    return corpus.vocab.decode(corpus.train_tokens)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--other", nargs="+", required=True, help="the other text (files or directories)")
+    p.add_argument("--runs", nargs="+", default=["zero-shot", "finetune-5", "finetune-15", "best-15"], choices=RUNS)
     p.add_argument("--text", default=str(REPO.parent / "shared/data/wonderland.txt"))
-    p.add_argument("--preset", default="fast")
-    p.add_argument("--pretrain", type=float, default=10.0, help="minutes on the other text")
-    p.add_argument("--budget", type=float, default=5.0, help="minutes on Alice, for each of the two runs")
-    p.add_argument("--epochs", type=int, default=1000,
-                   help="epoch cap of the Alice runs, high so that --budget is what ends them")
-    p.add_argument("--keep-pretrained", action="store_true", help="reuse the pretrained run in --work")
-    p.add_argument("--work", default="/tmp/charlm-finetune")
-    p.add_argument("--out", default=str(REPO / "bench/results/finetune.json"))
+    p.add_argument("--dynamic", action="store_true", help="also score the tail with dynamic evaluation")
+    p.add_argument("--work", default="/tmp/charlm-finetune-base")
+    p.add_argument("--out", default=str(REPO / "bench/results/finetune-base.json"))
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    split = ["--test-frac", "0.1", "--val-frac", "0.1"]
-    runs = {"pretrained": work / "pretrained", "fine-tuned": work / "fine-tuned", "scratch": work / "scratch"}
-    for name, path in runs.items():
-        if not (name == "pretrained" and args.keep_pretrained):
-            subprocess.run(["rm", "-rf", str(path)], check=True)
-    if not args.keep_pretrained:
-        run("train.py", "--text", *args.other, "--preset", args.preset, "--max-time", str(args.pretrain),
-            "--ckpt-dir", str(runs["pretrained"]))
-    split += ["--epochs", str(args.epochs)]
-    run("train.py", "--text", args.text, "--preset", args.preset, "--max-time", str(args.budget), *split,
-        "--init-from", str(runs["pretrained"]), "--ckpt-dir", str(runs["fine-tuned"]))
-    run("train.py", "--text", args.text, "--preset", args.preset, "--max-time", str(args.budget), *split,
-        "--ckpt-dir", str(runs["scratch"]))
-    record = {"command": " ".join(sys.argv), "preset": args.preset, "pretrain_minutes": args.pretrain,
-              "budget_minutes": args.budget, "other": args.other, "runs": {}}
-    for name, path in runs.items():
-        metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-        try:
-            tail = score(path, args.text)
-        except subprocess.CalledProcessError as e:  # e.g. the pretrained vocabulary lacks some of Alice's chars
-            tail = {"error": e.stderr.strip()}
-        record["runs"][name] = {"test_tail": tail, "epochs": len(metrics),
-                                "best_val_loss": min((m["val_loss"] for m in metrics if "val_loss" in m), default=None)}
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    for name, r in record["runs"].items():
-        tail = r["test_tail"]
-        shown = tail["error"] if "error" in tail else f"{tail['nats_per_char']:.4f} nats/char ({tail['bits_per_char']:.4f} bits)"
-        print(f"{name:12s} test tail {shown}, {r['epochs']} epochs, best val {r['best_val_loss']}")
+    out = Path(args.out)
+    record = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    record["command"] = " ".join(sys.argv)
+    train_text = alice_training_part(args.text)
+    for name in args.runs:
+        spec = RUNS[name]
+        ckpt = "base"
+        entry: dict = {}
+        if spec is not None:
+            flags, minutes = spec
+            ckpt = str(work / name)
+            subprocess.run(["rm", "-rf", ckpt], check=True)
+            run("train.py", "--text", args.text, *flags, *SPLIT, "--max-time", str(minutes), "--ckpt-dir", ckpt)
+            metrics = [json.loads(line) for line in (Path(ckpt) / "metrics.jsonl").read_text().splitlines()]
+            entry = {"flags": flags, "minutes": minutes, "epochs": len(metrics),
+                     "best_val": min(m["val_loss"] for m in metrics if "val_loss" in m)}
+        entry["test_tail"] = score(ckpt, args.text, args.dynamic and spec is not None)
+        entry["samples"] = {str(t): sample_stats(ckpt, train_text, t) for t in (1.0, 0.8)}
+        record["runs"][name] = entry
+        out.write_text(json.dumps(record, indent=1))
+        print(row(name, entry), flush=True)
+    print(table(record))
+
+
+def row(name: str, e: dict) -> str:
+    tail, s1, s8 = e["test_tail"], e["samples"]["1.0"], e["samples"]["0.8"]
+    dyn = tail.get("dynamic", {}).get("nats_per_char") if isinstance(tail.get("dynamic"), dict) else None
+    return (f"| {name} | {e.get('minutes', 0):g} | {e.get('best_val', float('nan')):.4f} | {tail['nats_per_char']:.4f} | "
+            f"{'' if dyn is None else f'{dyn:.4f}'} | {100 * s1['real_words']:.1f} % | {100 * s8['real_words']:.1f} % | "
+            f"{100 * s8['verbatim_20']:.1f} % |")
+
+
+def table(record: dict) -> str:
+    head = ("| run | minutes | best val | test static | test dynamic | real words T 1.0 | real words T 0.8 | "
+            "20-grams verbatim T 0.8 |\n|---|---|---|---|---|---|---|---|")
+    return "\n".join([head] + [row(n, e) for n, e in record["runs"].items()])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Every step of train.py and sample.py is a plain function here:
     state, cfg, vocab, meta = charlm.restore("checkpoints")
     print(charlm.generate(state.params, cfg, vocab, meta["seeds"][0], length=200, temperature=0.8, top_p=0.95)[0])
 
+The base model that ships with charlm is the checkpoint named "base": `charlm.restore("base")`,
+`charlm.train(raw, charlm.make_run_config("finetune"), "checkpoints", init_from="base")`.
+
 Names are imported from their modules on first use, so `import charlm` is instant and
 `python -m charlm.evaluate` runs without the package importing that module first.
 
@@ -35,14 +38,15 @@ _EXPORTS = {
                 "training_windows"],
     "model": ["CharLSTM", "init_params", "zero_carry"],
     "training": ["TrainState", "create_train_state", "eval_params", "eval_step", "stateful_train_step", "train_step"],
-    "checkpoint": ["BestCheckpoint", "read_meta", "restore"],
+    "checkpoint": ["BASE_DIR", "BestCheckpoint", "read_meta", "restore"],
+    "base": ["verify_base"],
     "scoring": ["Score", "dynamic_nll", "evaluate_checkpoint", "gradient_rms", "last_window_nll", "stream_nll",
                  "tail_nll"],
     "finetune": ["transplant"],
     "trainer": ["TrainResult", "train"],
     "sampling": ["StopCut", "generate", "generate_stateful", "generate_window", "stream"],
     "beam": ["beam_generate", "beam_search"],
-    "novelty": ["training_text", "verbatim_shares"],
+    "novelty": ["load_word_list", "real_word_share", "training_text", "verbatim_shares"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

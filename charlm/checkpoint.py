@@ -136,8 +136,19 @@ def latest_step(path: str | Path) -> tuple[Path, int] | None:
     return (best, max(steps)) if steps else None
 
 
-def _locate(path: str | Path) -> tuple[Path, int]:
+# Checkpoints that ship with charlm, by name (charlm.base); a local directory of the same name wins.
+BASE_DIR = Path(__file__).parent / "models" / "base"
+NAMED = {"base": BASE_DIR}
+
+
+def resolve(path: str | Path) -> Path:
+    """`path`, or the packaged checkpoint it names when no such local path exists."""
     path = Path(path)
+    return NAMED[str(path)] if str(path) in NAMED and not path.exists() else path
+
+
+def _locate(path: str | Path) -> tuple[Path, int]:
+    path = resolve(path)
     if not path.exists():
         raise CharlmError(f"checkpoint directory not found: {path}")
     if not path.is_dir():

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from charlm.config import (CELLS, DEFAULT_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES,
+from charlm.config import (CELLS, DEFAULT_PRESET, FINETUNE_PRESET, INPUT_ENCODINGS, LR_SCHEDULES, OBJECTIVES,
                            PRECISIONS, PRESETS, WINDOWINGS, make_run_config)
 from charlm.corpus import ERRORS
 from charlm.errors import CharlmError, Interrupted
@@ -63,12 +63,12 @@ def train_parser() -> argparse.ArgumentParser:
                      help="text files and directories to train on, UTF-8 unless --encoding says otherwise; a "
                           "directory gives every file under it (sorted by path, hidden names skipped), and "
                           "several files are joined with a blank line (default: ./wonderland.txt if present, "
-                          "else Gutenberg book 11)")
+                          "else the tutorial's Alice, which ships with charlm)")
     src.add_argument("--glob", metavar="PATTERN",
                      help="with directories in --text, only the files whose name matches, e.g. '*.py' (default: all)")
     src.add_argument("--gutenberg", type=int, metavar="ID",
                      help="download Project Gutenberg book ID once into the user cache and train on it "
-                          "(default: none; book 11 when neither --text nor ./wonderland.txt is there)")
+                          "(default: none)")
     add_encoding_args(src)
     src.add_argument("--no-lowercase", dest="lowercase", action="store_false", default=None,
                      help="keep case (default: lowercase, as the tutorial)")
@@ -96,10 +96,11 @@ def train_parser() -> argparse.ArgumentParser:
                      help=f"sliding windows, or one padded sentence per window (tutorial extension 4; needs "
                           f"--objective all) {_preset_default('data', 'windowing')}")
     net = p.add_argument_group("model")
-    net.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+    net.add_argument("--preset", choices=sorted(PRESETS),
                      help="seed-small: the tutorial's 1x256 net, batch 128, 20 epochs; seed-big: its 2x256 net, "
-                          "batch 64, 50 epochs; fast: the best held-out loss in 15 CPU minutes (BENCHMARKS.md). "
-                          "Explicit flags override it (default: %(default)s)")
+                          "batch 64, 50 epochs; fast: a good held-out loss in 4 CPU minutes; best: the best in 15 "
+                          "from scratch; finetune: for --init-from base (BENCHMARKS.md). Explicit flags override "
+                          f"it (default: {DEFAULT_PRESET}; finetune with --init-from base)")
     net.add_argument("--layers", type=int, help=f"stacked LSTM layers {_preset_default('model', 'layers')}")
     net.add_argument("--hidden", type=int, help=f"LSTM units per layer {_preset_default('model', 'hidden')}")
     net.add_argument("--dropout", type=float, help=f"dropout after each LSTM layer {_preset_default('model', 'dropout')}")
@@ -156,7 +157,8 @@ def train_parser() -> argparse.ArgumentParser:
     opt.add_argument("--init-from", metavar="CKPT",
                      help="start from another checkpoint's weights (fine-tuning): a fresh optimizer and epoch "
                           "count, the new text's extra chars get fresh rows; the net's shape flags default to "
-                          "the checkpoint's (default: a fresh init)")
+                          "the checkpoint's. `base` is the model of English prose that ships with charlm "
+                          "(default: a fresh init)")
     opt.add_argument("--resume", action="store_true",
                      help="continue exactly where the run in --ckpt-dir stopped (its last checkpoint: same batch, "
                           "data order and dropout keys), or after its best epoch if there is no last one "
@@ -179,7 +181,8 @@ _NOT_CONFIG = ("text", "glob", "init_from", "gutenberg", "encoding", "errors", "
 
 def run_config_from_args(args: argparse.Namespace):
     """The preset, overridden by every flag the user gave (flags left unset are None)."""
-    return make_run_config(args.preset, **{k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    preset = args.preset or (FINETUNE_PRESET if getattr(args, "init_from", None) == "base" else DEFAULT_PRESET)
+    return make_run_config(preset, **{k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

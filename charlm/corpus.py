@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import gzip
 import hashlib
 import http.client
 import itertools
@@ -260,11 +261,7 @@ def gutenberg_url(book_id: int) -> str:
 
 
 def download_gutenberg(book_id: int, *, timeout: float = 30.0) -> Path:
-    """Returns the cached path of Gutenberg book `book_id`, downloading it the first time.
-
-    The file is written under a temporary name and renamed, so an interrupted download
-    never leaves a truncated book in the cache.
-    """
+    """Returns the cached path of Gutenberg book `book_id`, downloading it the first time."""
     if not isinstance(book_id, int) or book_id <= 0:
         raise CharlmError(f"Gutenberg book id must be a positive integer, got {book_id!r}")
     target = cache_dir() / f"pg{book_id}.txt"
@@ -281,13 +278,19 @@ def download_gutenberg(book_id: int, *, timeout: float = 30.0) -> Path:
     if not data:
         raise CharlmError(f"download of Project Gutenberg book {book_id} from {url} was empty; "
                           f"pass --text FILE to train on a local text file")
+    return write_cached(target, data, "the download cache")
+
+
+def write_cached(target: Path, data: bytes, what: str) -> Path:
+    """Writes `data` to `target` under a temporary name and renames it, so an interrupted write
+    never leaves a truncated file in the cache."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + f".part{os.getpid()}")
         partial.write_bytes(data)
         os.replace(partial, target)
     except OSError as e:
-        raise CharlmError(f"cannot write the download cache {target.parent}: {e.strerror}; "
+        raise CharlmError(f"cannot write {what} {target.parent}: {e.strerror}; "
                           f"set {CACHE_DIR_ENV} to a writable directory") from None
     return target
 
@@ -295,9 +298,24 @@ def download_gutenberg(book_id: int, *, timeout: float = 30.0) -> Path:
 def resolve_corpus(text_path: str | list[str] | None = None, gutenberg_id: int | None = None,
                    glob: str | None = None) -> list[Path]:
     """The training text's files: --text (files and directories, see find_text_files), else
-    --gutenberg, else ./wonderland.txt, else Gutenberg book 11 (downloaded once into the cache)."""
+    --gutenberg (downloaded once into the cache), else ./wonderland.txt, else the packaged Alice."""
     if text_path is not None:
         return find_text_files([text_path] if isinstance(text_path, (str, os.PathLike)) else text_path, glob)
-    if gutenberg_id is None and Path(TUTORIAL_FILENAME).is_file():
+    if gutenberg_id is not None:
+        return [download_gutenberg(gutenberg_id)]
+    if Path(TUTORIAL_FILENAME).is_file():
         return [Path(TUTORIAL_FILENAME)]
-    return [download_gutenberg(gutenberg_id if gutenberg_id is not None else DEFAULT_GUTENBERG_ID)]
+    return [packaged_book()]
+
+
+PACKAGED_BOOK = Path(__file__).parent / "books" / "wonderland.txt.gz"
+
+
+def packaged_book() -> Path:
+    """The default corpus that ships with charlm: the tutorial's Alice, its Gutenberg START line
+    removed, unpacked once into the cache (so a first run needs no network) and returned as a path."""
+    data = gzip.decompress(PACKAGED_BOOK.read_bytes())
+    target = cache_dir() / TUTORIAL_FILENAME
+    if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
+        return target
+    return write_cached(target, data, "the default book to the cache")

@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
                      help="a prompt loop: type primes, change settings with :t 0.8 and the like (:h lists them)")
     out.add_argument("--novelty", action="store_true",
                      help="then print the share of the sample's 10-, 20- and 40-char substrings found verbatim in "
-                          "the training text (read from the path the checkpoint records, or --text)")
+                          "the training text (read from the path the checkpoint records, or --text), and the "
+                          "share of its words found in that text or in /usr/share/dict/words")
     out.add_argument("--text", nargs="+", metavar="PATH", help="the training text for --novelty, if it has moved")
     add_encoding_args(out)
     return p
@@ -88,10 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prime = args.prime if args.prime is not None else meta["seeds"][seed % len(meta["seeds"])]
         texts, interrupted = _produce(state.params, cfg, vocab, prime, settings, seed, args)
         if args.novelty and texts:
-            from charlm.novelty import novelty_line, training_text, verbatim_shares
+            from charlm import novelty
 
-            train = training_text(meta, cfg, args.text, args.encoding, args.errors)
-            print(novelty_line(verbatim_shares(texts, train)))
+            train = novelty.training_text(meta, cfg, args.text, args.encoding, args.errors)
+            print(novelty.novelty_line(novelty.verbatim_shares(texts, train)))
+            word_list = novelty.load_word_list()
+            print(novelty.real_words_line(*novelty.real_word_share(texts, train, word_list),
+                                          novelty.WORD_LIST if word_list is not None else None))
         return EXIT_INTERRUPTED if interrupted else 0
 
     return guarded("sample.py", run)

@@ -292,7 +292,10 @@ def encode_corpus(paths: Sequence[str | os.PathLike], cleaning: Cleaning = Clean
             log(f"Token cache {_entry(root, key)[0]} is {opened}; rebuilding it")
         opened = _build(root, key, paths, cleaning, extend, log)
     tokens, info = opened
-    return EncodedCorpus(tokens, Vocab(info["vocab"]), info["fingerprint"], info["files"], _entry(root, key)[0])
+    # An entry is shared by every run on the same bytes; the paths are this run's (the file that first
+    # built the entry may since have moved or gone), the per-file counts the entry's.
+    files = [{**record, "path": str(p.resolve())} for record, p in zip(info["files"], paths)]
+    return EncodedCorpus(tokens, Vocab(info["vocab"]), info["fingerprint"], files, _entry(root, key)[0])
 
 
 def _build(root: Path, key: str, paths: list[Path], cleaning: Cleaning, extend: Vocab | None,

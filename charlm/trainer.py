@@ -195,7 +195,8 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
           source: str = "", files: Sequence[dict] = (), log: Callable[[str], None] = print,
           progress: bool | None = None,
           data_parallel: bool | None = None, handle_signals: bool = True,
-          save_every_minutes: float = DEFAULT_SAVE_EVERY_MINUTES, init_from: str | Path | None = None) -> TrainResult:
+          save_every_minutes: float = DEFAULT_SAVE_EVERY_MINUTES, init_from: str | Path | None = None,
+          vocab: str | None = None) -> TrainResult:
     """Trains on `raw_text` as configured, keeping the best checkpoint and the last state in `run_dir`.
 
     Args:
@@ -216,6 +217,8 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
         SIGKILL loses at most this much training.
       init_from: start from this checkpoint's weights (charlm.finetune): its vocabulary plus the
         text's new chars, a fresh optimizer and epoch count; the model shape must match.
+      vocab: chars the vocabulary starts with, in this order (then the text's others), so a model
+        has rows for chars its text lacks (charlm.pretrain: every printable ASCII char).
     First it tunes glibc's allocator for the train steps (charlm.host), for the whole process and
     for good: sampling later in the same process pays its costs too, and if JAX was already
     running it comes too late for JAX's threads. CHARLM_ALLOCATOR=system opts out.
@@ -231,7 +234,7 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     if distributed.multi_process() and cfg.data.stateful:
         raise CharlmError("--stateful training on several processes is not supported yet; train it on one")
     _check_writable(run_dir)
-    base, origin = _base_vocab(run_dir, resume, init_from)
+    base, origin = _base_vocab(run_dir, resume, init_from, vocab)
     if isinstance(raw_text, TextFiles):
         corpus = load_corpus(raw_text.paths, cfg, raw_text.encoding, raw_text.errors, extend=base, log=log)
         source, files = source or describe_files([f["path"] for f in corpus.files]), files or corpus.files
@@ -357,11 +360,14 @@ def _starting_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, resume: bool,
     return state, position, carry, fitted
 
 
-def _base_vocab(run_dir: Path, resume: bool, init_from: str | Path | None) -> tuple[Vocab | None, str | None]:
-    """(the vocabulary a run extends, the checkpoint it came from): --init-from's, or on resume
-    the ones the run started from (recorded in its metadata); (None, None) for a plain run."""
+def _base_vocab(run_dir: Path, resume: bool, init_from: str | Path | None,
+                vocab: str | None = None) -> tuple[Vocab | None, str | None]:
+    """(the vocabulary a run extends, the checkpoint it came from): --init-from's, or the chars given,
+    or on resume the ones the run started from (recorded in its metadata); (None, None) for a plain run."""
     if init_from is not None and not resume:
         return checkpoint.config_from_meta(checkpoint.read_meta(init_from))[1], str(init_from)
+    if vocab is not None and not resume:
+        return Vocab(vocab), None
     found = resume and run_dir.exists() and (checkpoint.find_last(run_dir) or
                                              (checkpoint.latest_step(run_dir) and run_dir))
     recorded = checkpoint.read_meta(found).get("init_from") if found else None

@@ -239,7 +239,7 @@ def test_bad_sample_input_is_one_line(case, trained_run, tmp_path):
     assert tree_hash(ck) == before
 
 
-def test_default_corpus_is_downloaded_from_gutenberg(gutenberg_server, wonderland_path, tmp_path):
+def test_gutenberg_book_is_downloaded_and_stripped(gutenberg_server, wonderland_path, tmp_path):
     url, put_book, _ = gutenberg_server
     put_book(11, "The Project Gutenberg eBook of Alice\n\n*** START OF THE PROJECT GUTENBERG EBOOK 11 ***\n"
              + wonderland_path.read_text(encoding="utf-8")[79:2500]
@@ -247,7 +247,7 @@ def test_default_corpus_is_downloaded_from_gutenberg(gutenberg_server, wonderlan
     env = {"CHARLM_GUTENBERG_URL": url, "CHARLM_CACHE_DIR": str(tmp_path / "cache")}
     work = tmp_path / "work"
     work.mkdir()
-    result = run_cli("train.py", *TINY[:-4], "--epochs", "1", cwd=work, env=env)
+    result = run_cli("train.py", "--gutenberg", "11", *TINY[:-4], "--epochs", "1", cwd=work, env=env)
     assert result.returncode == 0, result.stderr
     assert "Total Characters: 2422" in result.stdout  # header and footer stripped
     assert (tmp_path / "cache" / "pg11.txt").is_file()
@@ -256,9 +256,20 @@ def test_default_corpus_is_downloaded_from_gutenberg(gutenberg_server, wonderlan
 
 def test_download_failure_says_to_pass_text(tmp_path):
     env = {"CHARLM_GUTENBERG_URL": "http://127.0.0.1:9", "CHARLM_CACHE_DIR": str(tmp_path / "cache")}
-    result = run_cli("train.py", "--epochs", "1", cwd=tmp_path, env=env)
+    result = run_cli("train.py", "--gutenberg", "11", "--epochs", "1", cwd=tmp_path, env=env)
     assert_one_line_error(result, "could not download Project Gutenberg book 11", "--text FILE")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_with_no_network_text_or_cache_train_py_trains_on_the_packaged_alice(tmp_path):
+    # No --text, no ./wonderland.txt, an empty cache and a download host that refuses: the first
+    # run of a fresh machine still prints the tutorial's summary and trains.
+    env = {"CHARLM_GUTENBERG_URL": "http://127.0.0.1:9", "CHARLM_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("train.py", "--hidden", "16", "--batch-size", "256", "--max-time", "0.005", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    for line in ("Total Characters: 144433", "Total Vocab: 45", "Total Patterns: 144333"):
+        assert line in result.stdout
+    assert "Time budget" in result.stdout and (tmp_path / "checkpoints" / "best").is_dir()
 
 
 def run_module(*args, cwd=None, env=None):

@@ -140,12 +140,26 @@ def test_resolve_corpus_prefers_text_then_local_wonderland(tmp_path, monkeypatch
     assert corpus.resolve_corpus() == [Path("wonderland.txt")]
 
 
-def test_resolve_corpus_downloads_book_11_without_local_file(book_server, tmp_path, monkeypatch):
+def test_resolve_corpus_downloads_a_gutenberg_book_even_beside_a_local_file(book_server, tmp_path, monkeypatch):
     url, _ = book_server
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "wonderland.txt").write_text("x")
     monkeypatch.setenv(corpus.GUTENBERG_URL_ENV, url)
     monkeypatch.setenv(corpus.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    assert corpus.resolve_corpus() == [tmp_path / "cache" / "pg11.txt"]
+    assert corpus.resolve_corpus(gutenberg_id=11) == [tmp_path / "cache" / "pg11.txt"]
+
+
+def test_resolve_corpus_unpacks_the_packaged_alice_without_local_file(tmp_path, monkeypatch, wonderland_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(corpus.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(corpus.GUTENBERG_URL_ENV, "http://127.0.0.1:9")  # never asked
+    [path] = corpus.resolve_corpus()
+    assert path == tmp_path / "cache" / "wonderland.txt"
+    tutorial = wonderland_path.read_text(encoding="utf-8")
+    assert path.read_text(encoding="utf-8") == tutorial.split("\n", 1)[1], "the tutorial's file less its START line"
+    assert corpus.clean_text(path.read_text(encoding="utf-8")) == corpus.clean_text(tutorial)
+    path.write_text("damaged")
+    assert corpus.resolve_corpus() == [path] and path.read_text(encoding="utf-8") != "damaged", "rewritten"
 
 
 def test_fingerprint_is_stable_and_sensitive():

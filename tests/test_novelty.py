@@ -30,3 +30,21 @@ def test_training_text_is_the_checked_training_part(tmp_path):
         training_text({"corpus": {}}, cfg)
     with pytest.raises(CharlmError, match="not found|No such file|cannot"):
         training_text({"corpus": {"source": str(tmp_path / "gone.txt")}}, cfg)
+
+
+def test_real_word_share_with_and_without_a_word_list(tmp_path):
+    from charlm.novelty import load_word_list, real_word_share, real_words_line, words
+
+    assert words("Alice's cat-like 3rd x QUEEN") == ["alice", "cat", "like", "rd", "queen"]
+    train = "alice and the queen"
+    samples = ["Alice met the Quene,", "and a Kat sat."]  # words: alice met the quene | and kat sat
+    assert real_word_share(samples, train, None) == (3 / 7, 7)
+    listed = tmp_path / "words"
+    listed.write_text("Met\nsat\ncat's\n", encoding="utf-8")
+    word_list = load_word_list(listed)
+    assert word_list == {"met", "sat", "cat"}
+    assert real_word_share(samples, train, word_list) == (5 / 7, 7)
+    assert load_word_list(tmp_path / "missing") is None
+    assert real_words_line(5 / 7, 7, listed) == \
+        f"Real words: 71.4% of 7 (alphabetic runs of 2+ letters found in the training text or {listed})"
+    assert "no word list at /usr/share/dict/words" in real_words_line(None, 0, None)

@@ -123,3 +123,23 @@ def test_big_epoch_order_is_a_seeded_bijection_that_resumes_exactly():
         assert np.mean(other.take(0, n) == whole) < 0.01
     small = WindowOrder(n, seed=3, epoch=2)  # below the threshold: NumPy's order, as before
     assert np.array_equal(small.take(0, n), shuffled(np.arange(n), 3, 2))
+
+
+def test_an_entry_built_from_a_moved_file_names_the_file_this_run_was_given(tmp_path):
+    # Issue 21: the entry is keyed by bytes, so a later run on an identical file at another path
+    # shares it; the run's record (and so its checkpoint, evaluate and --novelty) must name its own file.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = tmp_path / "a" / "book.txt"
+    first.write_text("the same bytes in two places\n" * 20, encoding="utf-8")
+    built = encode_corpus([first], Cleaning(), root=tmp_path / "c", log=lambda line: None)
+    second = tmp_path / "b" / "book.txt"
+    first.rename(second)
+    reused = encode_corpus([second], Cleaning(), root=tmp_path / "c", log=lambda line: None)
+    assert reused.path == built.path, "the entry is shared"
+    assert [f["path"] for f in reused.files] == [str(second.resolve())]
+    assert reused.files[0]["chars"] == built.files[0]["chars"]
+    meta = {"corpus": {"files": reused.files}}
+    from charlm.checkpoint import training_files
+
+    assert training_files(meta) == [str(second.resolve())]

@@ -1,0 +1,120 @@
+"""The base model that ships with charlm, and the export that makes it (`charlm.pretrain`'s last stage).
+
+`--init-from base` (or `charlm.train(..., init_from="base")`) starts from a GRU pretrained on a few
+million chars of public-domain English prose, so a small book is written well within minutes.
+The name resolves in `charlm.checkpoint` (a local directory called `base` wins). Beside the
+weights: MODEL_CARD.md for people and card.json for code, whose checksums `verify` checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charlm import checkpoint
+from charlm.checkpoint import BASE_DIR
+from charlm.data import Vocab
+from charlm.errors import CharlmError
+from charlm.training import create_train_state, eval_params
+
+CARD_JSON = "card.json"
+CARD_MD = "MODEL_CARD.md"
+CAPITAL_LOGIT_OFFSET = float(np.log(0.05))  # a capital starts at 1/20 its small letter's odds
+
+
+def with_capitals(params, vocab: Vocab):
+    """The params with each capital's embedding row and output column copied from its small letter.
+
+    The base is trained lowercased; this gives a `--no-lowercase` fine-tune a sensible start
+    for capitals instead of random rows."""
+    params = jax.tree.map(jnp.asarray, params)
+    small = [vocab.chars.index(c.lower()) for c in vocab.chars if c.isupper()]
+    caps = [vocab.chars.index(c) for c in vocab.chars if c.isupper()]
+    inner = dict(params["params"])
+    if "embed" in inner:
+        table = inner["embed"]["embedding"]
+        inner["embed"] = {"embedding": table.at[jnp.array(caps)].set(table[jnp.array(small)])}
+    out = dict(inner["output"])
+    out["kernel"] = out["kernel"].at[:, jnp.array(caps)].set(out["kernel"][:, jnp.array(small)])
+    out["bias"] = out["bias"].at[jnp.array(caps)].set(out["bias"][jnp.array(small)] + CAPITAL_LOGIT_OFFSET)
+    inner["output"] = out
+    return {**params, "params": inner}
+
+
+def _checksums(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in (CARD_JSON, CARD_MD)}
+
+
+def export_base(run_dir: str | Path, out: str | Path, *, command: str, machine: str, wall_seconds: float) -> Path:
+    """Writes the best weights of the pretraining run in `run_dir` to `out` (weights only: a fresh
+    optimizer state, no moving average), with the model card and the files' checksums."""
+    run_dir, out = Path(run_dir), Path(out)
+    state, cfg, vocab, meta = checkpoint.restore(run_dir / "ckpt")
+    params = with_capitals(eval_params(state), vocab)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.0, max_time=None))
+    fresh = create_train_state(cfg, jax.random.key(0)).replace(params=params)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    keep = {k: meta[k] for k in ("vocab", "metric", "seeds", "corpus") if k in meta}
+    keep["corpus"] = {**keep.get("corpus", {}), "files": []}  # the corpus file is the builder's, not the user's
+    with checkpoint.BestCheckpoint(out) as best:
+        best.save(meta["epoch"], fresh, {**keep, "config": cfg.to_dict(), "epoch": meta["epoch"],
+                                         "loss": meta["loss"]}, meta["loss"])
+    metrics = [json.loads(line) for line in (run_dir / "ckpt" / "metrics.jsonl").read_text().splitlines() if line]
+    sources = json.loads((run_dir / "corpus" / "sources.json").read_text())["sources"]
+    card = {"name": "base", "sources": sources, "chars": meta["corpus"]["chars"], "vocab": vocab.chars,
+            "lowercase": cfg.data.lowercase, "architecture": cfg.model.__dict__ | {"vocab_size": vocab.size},
+            "train": cfg.train.__dict__, "val_frac": cfg.data.val_frac, "val_loss_nats_per_char": meta["loss"],
+            "epochs": meta["epoch"], "wall_seconds": round(wall_seconds), "machine": machine, "command": command,
+            "curve": [{k: r.get(k) for k in ("epoch", "step", "elapsed", "val_loss", "train_loss", "chars_per_s")}
+                      for r in metrics],
+            "sha256": _checksums(out)}
+    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (out / CARD_MD).write_text(model_card(card))
+    return out
+
+
+def model_card(card: dict) -> str:
+    a = card["architecture"]
+    lines = ["# charlm base model", "",
+             f"A {a['layers']}x{a['hidden']} {a['cell'].upper()} with a {a['embed_dim']}-wide embedding, "
+             f"pretrained {'lowercased ' if card['lowercase'] else ''}on {card['chars']:,} chars of English "
+             f"prose; fine-tune it with `train.py --preset finetune --init-from base`.", "",
+             "## Sources (Debian packages)", "", "| source | package | version | licence | chars |", "|---|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s.get('debian_package', '-')} | {s.get('version', '-')} | {s.get('licence', '-')} | "
+              f"{s['chars']:,} |" for s in card["sources"]]
+    lines += ["", "No Alice, no program documentation, no source code.", "",
+              "## Vocabulary", "", f"{len(card['vocab'])} chars: newline and printable ASCII (32-126). Trained "
+              "lowercased; each capital's rows are its small letter's, its output bias lowered by log(20).", "",
+              "## Training", "", f"- machine: {card['machine']}", f"- wall time: {card['wall_seconds'] / 60:.0f} min, "
+              f"{card['epochs']} epochs", f"- command: `{card['command']}`",
+              f"- held-out loss on the last {card['val_frac']:.0%} of its own corpus: "
+              f"**{card['val_loss_nats_per_char']:.4f} nats/char** ({card['val_loss_nats_per_char'] / np.log(2):.3f} "
+              f"bits/char)", "", "| epoch | minutes | train loss | val loss |", "|---|---|---|---|"]
+    lines += [f"| {r['epoch']} | {(r.get('elapsed') or 0) / 60:.1f} | {r.get('train_loss') or float('nan'):.4f} | "
+              f"{r.get('val_loss') or float('nan'):.4f} |" for r in card["curve"]]
+    lines += ["", "## Checksums (sha256)", ""] + [f"- `{k}` {v}" for k, v in card["sha256"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def verify_base(directory: str | Path = BASE_DIR) -> dict:
+    """The card of the base model in `directory`, after checking its files against the card's checksums."""
+    directory = Path(directory)
+    try:
+        card = json.loads((directory / CARD_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CharlmError(f"the base model's card {directory / CARD_JSON} is missing or unreadable: {e}") from None
+    found = _checksums(directory)
+    if found != card["sha256"]:
+        bad = sorted(set(found.items()) ^ set(card["sha256"].items()))
+        raise CharlmError(f"the base model in {directory} does not match its card's checksums ({bad[0][0]} ...)")
+    return card
