@@ -78,12 +78,20 @@ def alice_training_part(text: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", nargs="+", default=["zero-shot", "finetune-5", "finetune-15", "best-15"], choices=RUNS)
+    p.add_argument("--define", action="append", default=[], metavar="NAME|MINUTES|FLAGS",
+                   help="another run, e.g. 'ramp|5|--preset best --init-from base --body-lr-scale 0 --body-lr-ramp 300'")
+    p.add_argument("--runs", nargs="+", default=["zero-shot", "finetune-5", "finetune-15", "best-15"])
     p.add_argument("--text", default=str(REPO.parent / "shared/data/wonderland.txt"))
     p.add_argument("--dynamic", action="store_true", help="also score the tail with dynamic evaluation")
     p.add_argument("--work", default="/tmp/charlm-finetune-base")
     p.add_argument("--out", default=str(REPO / "bench/results/finetune-base.json"))
     args = p.parse_args()
+    for definition in args.define:
+        name, minutes, flags = definition.split("|")
+        RUNS[name] = (flags.split(), float(minutes))
+    unknown = [n for n in args.runs if n not in RUNS]
+    if unknown:
+        p.error(f"unknown runs {unknown}; choose from {sorted(RUNS)} or --define them")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)

@@ -159,6 +159,12 @@ def train_parser() -> argparse.ArgumentParser:
                           "count, the new text's extra chars get fresh rows; the net's shape flags default to "
                           "the checkpoint's. `base` is the model of English prose that ships with charlm "
                           "(default: a fresh init)")
+    opt.add_argument("--body-lr-scale", type=float, metavar="F",
+                     help="fine-tuning: every layer but the output one starts at F x the lr, rising to 1 x over "
+                          "--body-lr-ramp steps (ULMFiT; 0 freezes it at first) "
+                          f"{_preset_default('train', 'body_lr_scale')}")
+    opt.add_argument("--body-lr-ramp", type=int, metavar="STEPS",
+                     help=f"see --body-lr-scale {_preset_default('train', 'body_lr_ramp')}")
     opt.add_argument("--resume", action="store_true",
                      help="continue exactly where the run in --ckpt-dir stopped (its last checkpoint: same batch, "
                           "data order and dropout keys), or after its best epoch if there is no last one "

@@ -135,6 +135,10 @@ class TrainConfig:
     ema_decay: float = 0.0        # keep an exponential moving average of the weights (e.g. 0.999; 0: off);
                                   # it is what validation scores and the best checkpoint holds
     patience: int | None = None   # early stopping: end after this many epochs without a better val loss
+    # Fine-tuning (ULMFiT's discriminative rates and gradual unfreezing): every layer but the output
+    # one learns at body_lr_scale x the lr at first, rising linearly to 1 x over body_lr_ramp steps
+    body_lr_scale: float = 1.0    # 0: the body is frozen at first; 1: off
+    body_lr_ramp: int = 0         # steps to reach the full lr (0 with a scale below 1: never)
 
     def __post_init__(self):
         _positive_int("epochs", self.epochs)
@@ -158,6 +162,10 @@ class TrainConfig:
         _probability("ema_decay", self.ema_decay)
         if self.patience is not None:
             _positive_int("patience", self.patience)
+        _require(isinstance(self.body_lr_scale, (int, float)) and 0 <= self.body_lr_scale <= 1,
+                 f"body_lr_scale must be in [0, 1], got {self.body_lr_scale!r}")
+        _require(isinstance(self.body_lr_ramp, int) and self.body_lr_ramp >= 0,
+                 f"body_lr_ramp must be a non-negative integer, got {self.body_lr_ramp!r}")
 
 
 @dataclass(frozen=True)

@@ -67,14 +67,34 @@ def decays(params):
                                             params)
 
 
+def scale_body_updates(scale: float, ramp_steps: int) -> optax.GradientTransformation:
+    """Multiplies the updates of every param outside the output layer by a factor that rises
+    linearly from `scale` to 1 over `ramp_steps` (ULMFiT's discriminative rates; scale 0 is its
+    gradual unfreezing, the output layer adapting first to a fine-tuned model's new text)."""
+
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        rise = state.count / ramp_steps if ramp_steps > 0 else 0.0
+        factor = jnp.minimum(1.0, scale + (1.0 - scale) * rise)
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, u: u if getattr(path[0], "key", None) == "output" else u * factor.astype(u.dtype), updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: RunConfig, total_steps: int = 1) -> optax.GradientTransformation:
     """Adam on the scheduled lr (AdamW with decoupled weight decay when set), after optional
-    global-norm clipping."""
+    global-norm clipping, with the body's updates scaled down at first when fine-tuning asks."""
     lr = learning_rate_schedule(cfg, total_steps)
     if cfg.train.weight_decay > 0:
         adam = optax.adamw(lr, weight_decay=cfg.train.weight_decay, mask=decays)
     else:  # plain Adam: the same optimizer state as before weight decay existed
         adam = optax.adam(lr)
+    if cfg.train.body_lr_scale < 1:  # off: the optimizer state keeps its structure
+        adam = optax.chain(adam, scale_body_updates(cfg.train.body_lr_scale, cfg.train.body_lr_ramp))
     if cfg.train.clip_norm is None:
         return adam
     return optax.chain(optax.clip_by_global_norm(cfg.train.clip_norm), adam)

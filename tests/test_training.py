@@ -144,3 +144,25 @@ def test_warmup_is_used_by_the_optimizer():
     before = jax.tree.map(np.asarray, state.params)
     state, _ = train_step(state, batch, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
+
+
+def test_body_lr_scale_freezes_all_but_the_output_layer_at_first_then_ramps():
+    import jax
+    import numpy as np
+
+    from charlm.config import make_run_config
+    from charlm.training import make_optimizer
+
+    cfg = make_run_config("fast", vocab_size=5, hidden=4, embed_dim=3, body_lr_scale=0.0, body_lr_ramp=2,
+                          clip_norm=None, warmup_steps=0, lr_schedule="constant")
+    params = {"embed": {"embedding": np.ones((5, 3), np.float32)}, "output": {"bias": np.ones(5, np.float32)}}
+    grads = jax.tree.map(np.ones_like, params)
+    tx = make_optimizer(cfg)
+    state = tx.init(params)
+    steps = []
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        steps.append((float(updates["embed"]["embedding"][0, 0]), float(updates["output"]["bias"][0])))
+    lr = cfg.train.learning_rate
+    np.testing.assert_allclose(steps, [(0.0, -lr), (-lr / 2, -lr), (-lr, -lr)], rtol=1e-4)
+    assert len(jax.tree.leaves(make_optimizer(make_run_config("fast")).init(params))) < len(jax.tree.leaves(state))
