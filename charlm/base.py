@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -53,34 +55,43 @@ def _checksums(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in (CARD_JSON, CARD_MD)}
 
 
-def export_base(run_dir: str | Path, out: str | Path, *, command: str, machine: str, wall_seconds: float) -> Path:
-    """Writes the best weights of the pretraining run in `run_dir` to `out` (weights only: a fresh
-    optimizer state, no moving average), with the model card and the files' checksums."""
+def export_base(run_dir: str | Path, out: str | Path, *, command: str, machine: str,
+                wall_seconds: float | None = None) -> Path:
+    """Writes the best weights of the pretraining run in `run_dir` to `out` (the averaged weights,
+    with a zeroed optimizer state, which compresses to nothing), with the model card and the files'
+    checksums. `out` is written whole beside itself and then swapped in, and only replaces a
+    directory that holds a base model (or nothing). `wall_seconds` defaults to the training time
+    the run's metrics record (over all its --resume'd parts)."""
     run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / CARD_JSON).is_file():
+        raise CharlmError(f"{out} is not empty and holds no base model ({CARD_JSON}); choose another --export")
     state, cfg, vocab, meta = checkpoint.restore(run_dir / "ckpt")
     params = with_capitals(eval_params(state), vocab)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.0, max_time=None))
     fresh = create_train_state(cfg, jax.random.key(0)).replace(params=params)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    keep = {k: meta[k] for k in ("vocab", "metric", "seeds", "corpus") if k in meta}
-    keep["corpus"] = {**keep.get("corpus", {}), "files": []}  # the corpus file is the builder's, not the user's
-    with checkpoint.BestCheckpoint(out) as best:
-        best.save(meta["epoch"], fresh, {**keep, "config": cfg.to_dict(), "epoch": meta["epoch"],
-                                         "loss": meta["loss"]}, meta["loss"])
+    # The corpus file is the builder's, not the user's: no path, so --novelty asks for --text.
+    corpus = {k: v for k, v in meta.get("corpus", {}).items() if k not in ("source", "files")}
+    staged = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    with checkpoint.BestCheckpoint(staged) as best:
+        best.save(meta["epoch"], fresh, {"vocab": meta["vocab"], "metric": meta["metric"], "seeds": meta["seeds"],
+                                         "corpus": corpus, "config": cfg.to_dict()}, meta["loss"])
     metrics = [json.loads(line) for line in (run_dir / "ckpt" / "metrics.jsonl").read_text().splitlines() if line]
     sources = json.loads((run_dir / "corpus" / "sources.json").read_text())["sources"]
+    if wall_seconds is None:
+        wall_seconds = metrics[-1]["elapsed"]
     card = {"name": "base", "sources": sources, "chars": meta["corpus"]["chars"], "vocab": vocab.chars,
             "lowercase": cfg.data.lowercase, "architecture": cfg.model.__dict__ | {"vocab_size": vocab.size},
             "train": cfg.train.__dict__, "val_frac": cfg.data.val_frac, "val_loss_nats_per_char": meta["loss"],
             "epochs": meta["epoch"], "wall_seconds": round(wall_seconds), "machine": machine, "command": command,
             "curve": [{k: r.get(k) for k in ("epoch", "step", "elapsed", "val_loss", "train_loss", "chars_per_s")}
                       for r in metrics],
-            "sha256": _checksums(out)}
-    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
-    (out / CARD_MD).write_text(model_card(card))
+            "sha256": _checksums(staged)}
+    (staged / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (staged / CARD_MD).write_text(model_card(card))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staged, out)
     return out
 
 

@@ -185,9 +185,15 @@ _NOT_CONFIG = ("text", "glob", "init_from", "gutenberg", "encoding", "errors", "
                "save_every", "coordinator", "num_processes", "process_id")
 
 
+def _is_base(init_from: str | None) -> bool:
+    from charlm.checkpoint import BASE_DIR, resolve
+
+    return init_from is not None and resolve(init_from).resolve() == BASE_DIR.resolve()
+
+
 def run_config_from_args(args: argparse.Namespace):
     """The preset, overridden by every flag the user gave (flags left unset are None)."""
-    preset = args.preset or (FINETUNE_PRESET if getattr(args, "init_from", None) == "base" else DEFAULT_PRESET)
+    preset = args.preset or (FINETUNE_PRESET if _is_base(getattr(args, "init_from", None)) else DEFAULT_PRESET)
     return make_run_config(preset, **{k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
 
 

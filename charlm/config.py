@@ -287,12 +287,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                        "lr_schedule": "cosine", "warmup_steps": 50, "max_time": 15.0, "weight_decay": 0.1,
                        "ema_decay": 0.999}},
 }
-# Fine-tuning the base model (`--init-from base`): best's net and regularisers with a gentler
-# start, chosen on Alice's validation slice only (bench/finetune.py, BENCHMARKS.md).
-PRESETS["finetune"] = {section: {**values, **{"train": {"learning_rate": 1e-3}}.get(section, {})}
-                       for section, values in PRESETS["best"].items()}
 DEFAULT_PRESET = "seed-small"
-FINETUNE_PRESET = "finetune"  # train.py's preset when --init-from is given and --preset is not
+# Fine-tuning the base model: best's net and regularisers with a lower learning rate, chosen on
+# Alice's validation slice only (bench/finetune.py, BENCHMARKS.md). train.py's preset when
+# --init-from names the packaged base and --preset is not given.
+FINETUNE_PRESET = "finetune"
+PRESETS[FINETUNE_PRESET] = {"model": dict(PRESETS["best"]["model"]), "data": dict(PRESETS["best"]["data"]),
+                            "train": {**PRESETS["best"]["train"], "learning_rate": 1e-3}}
 
 
 def make_run_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> RunConfig:

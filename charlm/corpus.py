@@ -22,7 +22,6 @@ from typing import Iterable, Iterator
 
 from charlm.errors import CharlmError
 
-DEFAULT_GUTENBERG_ID = 11  # Alice's Adventures in Wonderland
 TUTORIAL_FILENAME = "wonderland.txt"
 # Tests point this at a local HTTP server; the path below it mirrors gutenberg.org's cache.
 GUTENBERG_URL_ENV = "CHARLM_GUTENBERG_URL"

@@ -14,16 +14,15 @@ Gutenberg books can be added (`--text`, `--gutenberg`) for a bigger base.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import json
+import os
 import platform
 import random
 import re
 import shutil
 import subprocess
 import sys
-import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +50,9 @@ def _run(cmd: Sequence[str]) -> str:
 
 
 def _kjv() -> str:
-    # bible(1) prints the whole text from its compressed data file; drop the "Genesis 1" headings
-    # and the verse numbers, keep the verses as the wrapped lines it prints.
+    # bible(1) prints the whole text from its compressed data file; drop the verse numbers (with the
+    # blank lines: `\s*` spans them) and the "Genesis 1" headings, keep the verses as the wrapped
+    # lines it prints. The shipped base was built with exactly these rules.
     text = _run(["bible", "Gen1:1-Rev22:21"])
     text = re.sub(r"(?m)^\s*\d+ ", "", text)
     return re.sub(r"(?m)^(?:[1-3] )?[A-Z][A-Za-z ]+ \d+\n", "", text)
@@ -111,7 +111,7 @@ def fetch(sources: Sequence[Source], log: Callable[[str], None] = print) -> None
     missing = [s.package for s in sources if not all(Path(f).exists() for f in s.files)]
     if not missing:
         return
-    if shutil.which("apt-get") is None or not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid():
+    if shutil.which("apt-get") is None or not hasattr(os, "geteuid") or os.geteuid():
         raise CharlmError(f"the sources need Debian packages: run `sudo apt-get install {' '.join(missing)}`, "
                           f"or pass --sources with fewer of them")
     log(f"Installing {' '.join(missing)} with apt-get")
@@ -217,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="GRU units (default: best's 512)")
     p.add_argument("--batch-size", type=int, help="streams per step (default: best's 32)")
     p.add_argument("--export", metavar="DIR", help="write the base model and its card here (default: "
-                   "<run-dir>/base; charlm/base in a checkout replaces the shipped one)")
+                   "<run-dir>/base; charlm/models/base in a checkout replaces the shipped one)")
     p.add_argument("--seed", type=int, default=0, help="mixing order, init and dropout (default: %(default)s)")
     return p
 
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_process()
     args = parser().parse_args(argv)
 
-    def run() -> None:
+    def run() -> int | None:
         from charlm import host
 
         host.tune_allocator()
@@ -234,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus_file = run_dir / "corpus" / "base-corpus.txt"
         info_file = run_dir / "corpus" / "sources.json"
         if not args.resume:
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise CharlmError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
             sources = [SOURCES[n] for n in args.sources]
             fetch(sources)
             texts = {s.name: s.extract() for s in sources}
@@ -241,8 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for path in [Path(p) for p in args.text] + [download_gutenberg(i) for i in args.gutenberg]:
                 texts[str(path)] = strip_gutenberg(read_texts([path])[0])
-            if run_dir.exists() and any(run_dir.iterdir()):
-                raise CharlmError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
             sizes = build_corpus(texts, corpus_file, args.seed)
             info_file.write_text(json.dumps({"sources": [
                 {"name": s.name, "debian_package": s.package, "version": package_version(s.package),
@@ -253,13 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = pretrain_config(args.max_time, seed=args.seed, hidden=args.hidden, batch_size=args.batch_size)
         from charlm.trainer import TextFiles, train
 
-        started = time.time()
-        train(TextFiles((corpus_file,)), cfg, run_dir / "ckpt", resume=args.resume, vocab=BASE_CHARS)
+        result = train(TextFiles((corpus_file,)), cfg, run_dir / "ckpt", resume=args.resume, vocab=BASE_CHARS)
+        if result.interrupted is not None:  # a half-trained model must not replace the base
+            return 128 + result.interrupted
         from charlm.base import export_base
 
         out = Path(args.export) if args.export else run_dir / "base"
         command = "charlm-pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
-        export_base(run_dir, out, command=command, machine=_machine(), wall_seconds=time.time() - started)
+        export_base(run_dir, out, command=command, machine=_machine())
         print(f"Base model written to {out}")
 
     return guarded("charlm-pretrain", run)

@@ -78,7 +78,9 @@ class App:
         from charlm.checkpoint import restore
 
         self.state, self.cfg, self.vocab, self.meta = restore(ckpt)
-        self.run_dir = Path(ckpt)
+        from charlm.checkpoint import resolve
+
+        self.run_dir = resolve(ckpt)  # "base" names the packaged model
         self.context = "stateful"
 
     def card(self) -> dict:

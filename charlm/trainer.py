@@ -259,8 +259,10 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     has_val = cfg.data.val_frac > 0
     monitor = val_metric(cfg) if has_val else train_metric(cfg)
     meta = _run_meta(cfg, corpus, source, monitor, files)
-    if base is not None:  # a resume then extends the same vocabulary again
+    if base is not None and origin is not None:  # a resume then extends the same vocabulary again
         meta["init_from"] = {"path": origin, "vocab": base.chars}
+    elif base is not None:
+        meta["vocab_start"] = base.chars
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
         f"{n_devices} {jax.devices()[0].platform.upper()} device{'s' if n_devices > 1 else ''}: {steps_per_epoch} "
         f"steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
@@ -364,14 +366,18 @@ def _base_vocab(run_dir: Path, resume: bool, init_from: str | Path | None,
                 vocab: str | None = None) -> tuple[Vocab | None, str | None]:
     """(the vocabulary a run extends, the checkpoint it came from): --init-from's, or the chars given,
     or on resume the ones the run started from (recorded in its metadata); (None, None) for a plain run."""
+    if init_from is not None and vocab is not None:
+        raise CharlmError("give init_from or vocab, not both: a fine-tune starts from its checkpoint's vocabulary")
     if init_from is not None and not resume:
         return checkpoint.config_from_meta(checkpoint.read_meta(init_from))[1], str(init_from)
     if vocab is not None and not resume:
         return Vocab(vocab), None
     found = resume and run_dir.exists() and (checkpoint.find_last(run_dir) or
                                              (checkpoint.latest_step(run_dir) and run_dir))
-    recorded = checkpoint.read_meta(found).get("init_from") if found else None
-    return (Vocab(recorded["vocab"]), recorded["path"]) if recorded else (None, None)
+    meta = checkpoint.read_meta(found) if found else {}
+    if meta.get("init_from"):
+        return Vocab(meta["init_from"]["vocab"]), meta["init_from"]["path"]
+    return (Vocab(meta["vocab_start"]), None) if meta.get("vocab_start") else (None, None)
 
 
 def _initialised_from(init_from: str | Path, state: TrainState, cfg: RunConfig, corpus: Corpus,

@@ -69,3 +69,18 @@ def test_shape_flags_default_to_the_checkpoints_and_a_mismatch_is_one_line(tmp_p
     assert train_main([*args, "--ckpt-dir", str(tmp_path / "c"), "--hidden", "32", "--layers", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the model shape differs (layers 1 vs 2; hidden 16 vs 32)" in err[0], err
+
+
+def test_a_vocabulary_given_up_front_is_kept_and_resumed(tmp_path):
+    # charlm.pretrain gives every printable ASCII char a row, seen in the text or not
+    start = "\n !.abcdefghijklmnopqrstuvwxyz"
+    cfg = make_run_config(hidden=16, seq_length=8, batch_size=16, epochs=1, input_encoding="embed", embed_dim=8)
+    train(OLD_TEXT + "é", cfg, tmp_path / "run", log=lambda s: None, progress=False, vocab=start)
+    meta = read_meta(tmp_path / "run")
+    assert meta["vocab"] == start + "é" and meta["vocab_start"] == start and "init_from" not in meta
+    longer = make_run_config(hidden=16, seq_length=8, batch_size=16, epochs=2, input_encoding="embed", embed_dim=8)
+    train(OLD_TEXT + "é", longer, tmp_path / "run", resume=True, log=lambda s: None, progress=False)
+    assert read_meta(tmp_path / "run")["vocab"] == start + "é"
+    with pytest.raises(CharlmError, match="init_from or vocab, not both"):
+        train(OLD_TEXT, cfg, tmp_path / "other", log=lambda s: None, progress=False, vocab=start,
+              init_from=tmp_path / "run")
