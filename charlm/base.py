@@ -67,6 +67,7 @@ def export_base(run_dir: str | Path, out: str | Path, *, command: str, machine: 
         raise CharlmError(f"{out} is not empty and holds no base model ({CARD_JSON}); choose another --export")
     state, cfg, vocab, meta = checkpoint.restore(run_dir / "ckpt")
     params = with_capitals(eval_params(state), vocab)
+    pretraining = cfg.train
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.0, max_time=None))
     fresh = create_train_state(cfg, jax.random.key(0)).replace(params=params)
     # The corpus file is the builder's, not the user's: no path, so --novelty asks for --text.
@@ -82,7 +83,7 @@ def export_base(run_dir: str | Path, out: str | Path, *, command: str, machine: 
         wall_seconds = metrics[-1]["elapsed"]
     card = {"name": "base", "sources": sources, "chars": meta["corpus"]["chars"], "vocab": vocab.chars,
             "lowercase": cfg.data.lowercase, "architecture": cfg.model.__dict__ | {"vocab_size": vocab.size},
-            "train": cfg.train.__dict__, "val_frac": cfg.data.val_frac, "val_loss_nats_per_char": meta["loss"],
+            "train": pretraining.__dict__, "val_frac": cfg.data.val_frac, "val_loss_nats_per_char": meta["loss"],
             "epochs": meta["epoch"], "wall_seconds": round(wall_seconds), "machine": machine, "command": command,
             "curve": [{k: r.get(k) for k in ("epoch", "step", "elapsed", "val_loss", "train_loss", "chars_per_s")}
                       for r in metrics],
@@ -107,8 +108,11 @@ def model_card(card: dict) -> str:
     lines += ["", "No Alice, no program documentation, no source code.", "",
               "## Vocabulary", "", f"{len(card['vocab'])} chars: newline and printable ASCII (32-126). Trained "
               "lowercased; each capital's rows are its small letter's, its output bias lowered by log(1000).", "",
-              "## Training", "", f"- machine: {card['machine']}", f"- wall time: {card['wall_seconds'] / 60:.0f} min, "
-              f"{card['epochs']} epochs", f"- command: `{card['command']}`",
+              "## Training", "", f"- machine: {card['machine']}", f"- training time: {card['wall_seconds'] / 60:.0f} min, "
+              f"{len(card['curve'])} epochs (the last one cut short by the budget); these weights are epoch "
+              f"{card['epochs']}'s, the lowest val loss (averaged weights, EMA {card['train']['ema_decay']})",
+              f"- pretraining speed: {np.median([r['chars_per_s'] for r in card['curve']]):,.0f} chars/s (median over epochs)",
+              f"- command: `{card['command']}`",
               f"- held-out loss on the last {card['val_frac']:.0%} of its own corpus: "
               f"**{card['val_loss_nats_per_char']:.4f} nats/char** ({card['val_loss_nats_per_char'] / np.log(2):.3f} "
               f"bits/char)", "", "| epoch | minutes | train loss | val loss |", "|---|---|---|---|"]
