@@ -1,6 +1,7 @@
 """Fine-tuning the base model on Alice (issue 21), beside `best` from scratch, one run at a time.
 
-    python -m bench.finetune --runs zero-shot finetune-5 finetune-15 best-15 --dynamic
+    python -m bench.finetune --runs zero-shot finetune-5 finetune-15 best-15 finetune-no-base-5 --dynamic
+    python -m bench.finetune --runs cand-lr2e-3 cand-lr1e-3 cand-light-lr1e-3 ...   # the preset's candidates
 
 Every Alice run holds out the same test tail (`--test-frac 0.1`, the 14,444-char tail) and
 validation slice (`--val-frac 0.1`): the candidates are compared on their best val loss, which
@@ -27,17 +28,25 @@ SPLIT = ["--test-frac", "0.1", "--val-frac", "0.1", "--epochs", "1000"]
 BASE = ["--init-from", "base"]
 
 # name: (train.py flags, minutes); None: the base scored as it is.
+LIGHT = ["--embed-dropout", "0", "--input-dropout", "0"]
+CANDIDATE = ["--preset", "best", *BASE]
 RUNS: dict[str, tuple[list[str], float] | None] = {
     "zero-shot": None,
     "finetune-5": (["--preset", "finetune", *BASE], 5),
     "finetune-15": (["--preset", "finetune", *BASE], 15),
-    "best-5": (["--preset", "best"], 5),
     "best-15": (["--preset", "best"], 15),
-    # candidates and ablations for the finetune preset (5 minutes, chosen on val only)
-    "best+base-5": (["--preset", "best", *BASE], 5),
-    "best+base-lr1e-3-5": (["--preset", "best", *BASE, "--lr", "1e-3"], 5),
-    "best+base-lr5e-4-5": (["--preset", "best", *BASE, "--lr", "5e-4"], 5),
     "finetune-no-base-5": (["--preset", "finetune"], 5),
+    # the candidates for the finetune preset (5 minutes each, compared on best val only)
+    "cand-lr2e-3": (CANDIDATE, 5),
+    "cand-lr1e-3": ([*CANDIDATE, "--lr", "1e-3"], 5),
+    "cand-light-lr1e-3": ([*CANDIDATE, *LIGHT, "--dropout", "0.1", "--weight-drop", "0", "--lr", "1e-3"], 5),
+    "cand-light-lr2e-3": ([*CANDIDATE, *LIGHT, "--dropout", "0.1", "--weight-drop", "0"], 5),
+    "cand-d3-lr2e-3": ([*CANDIDATE, *LIGHT, "--dropout", "0.3", "--weight-drop", "0"], 5),
+    "cand-d2-wd1-lr2e-3": ([*CANDIDATE, *LIGHT, "--dropout", "0.2", "--weight-drop", "0.1"], 5),
+    "cand-d3-wd2-lr1e-3": ([*CANDIDATE, *LIGHT, "--dropout", "0.3", "--weight-drop", "0.2", "--lr", "1e-3"], 5),
+    "cand-d2-wd1-ramp": ([*CANDIDATE, *LIGHT, "--dropout", "0.2", "--weight-drop", "0.1", "--body-lr-scale", "0.1",
+                          "--body-lr-ramp", "100"], 5),
+    "cand-d1-wd1-lr2e-3": ([*CANDIDATE, *LIGHT, "--dropout", "0.1", "--weight-drop", "0.1"], 5),
 }
 
 
