@@ -238,16 +238,17 @@ class Stop:
         path = run.last.save(state, position, carry) if self.mid_epoch else None
         name = signal.Signals(self.signum).name if self.signum else ""
         resume = "Resume with the same command plus --resume."
-        run.log({("signal", True): f"{name} received: stopped at epoch {epoch}, batch {of} (step {step}) and saved "
-                                   f"{path}. {resume}",
-                 ("signal", False): f"{name} received at the end of epoch {epoch}; saved the last checkpoint. {resume}",
-                 ("budget", True): f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch}, batch "
-                                   f"{of} (after {step} steps); stopping.",
-                 ("budget", False): f"Time budget of {cfg.train.max_time:g} min reached at the end of epoch {epoch} "
-                                    f"(after {step} steps); stopping.",
-                 ("early", False): f"Early stopping: {run.best.monitor} has not improved for {cfg.train.patience} "
-                                   f"epochs (best {run.best.best_loss:.5f} at epoch {run.best.best_epoch})."
-                 }[self.reason, self.mid_epoch])
+        if self.reason == "signal":
+            run.log(f"{name} received: stopped at epoch {epoch}, batch {of} (step {step}) and saved {path}. {resume}"
+                    if self.mid_epoch else f"{name} received at the end of epoch {epoch}; saved the last checkpoint. "
+                                           f"{resume}")
+        elif self.reason == "budget":
+            run.log(f"Time budget of {cfg.train.max_time:g} min reached "
+                    + (f"during epoch {epoch}, batch {of}" if self.mid_epoch else f"at the end of epoch {epoch}")
+                    + f" (after {step} steps); stopping.")
+        else:
+            run.log(f"Early stopping: {run.best.monitor} has not improved for {cfg.train.patience} epochs "
+                    f"(best {run.best.best_loss:.5f} at epoch {run.best.best_epoch}).")
         return self.signum
 
 
