@@ -3,13 +3,11 @@
     python -m bench.charlm_peer train --setup seed-small --warmup 3 --steps 20
     python -m bench.charlm_peer sample --chars 1000 --window-chars 100 --streams 64
     python -m bench.charlm_peer matmul --matmul-n 2048
-    python -m bench.charlm_peer gemm --setup seed-small
 
 Each run is one task and prints one JSON line. `train` times `charlm.training.train_step` on
 numpy batches, as the trainer feeds it; `sample` times the jitted samplers
 (`generate_stateful` for 1 and for N streams, `generate_window` for the tutorial's exact
-window mode) on untrained params, argmax; `matmul` is XLA's f32 matmul ceiling on this machine;
-`gemm` times the recurrence's own products alone (perfkit.step_gemms; bench.gemm_probe).
+window mode) on untrained params, argmax; `matmul` is XLA's f32 matmul ceiling on this machine.
 """
 
 from __future__ import annotations
@@ -73,21 +71,6 @@ def matmul(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
     return {"n": n, **timing, "gflops": 2 * n ** 3 / timing["seconds"] / 1e9}
 
 
-def gemm(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
-    """perfkit.step_gemms as XLA runs them: the per-time-step products inside one lax.scan, as in
-    charlm's recurrence (no dispatch per product), each on its own input, its result overwriting
-    one [m, n] carry that no step reads (no dependency between steps, no stack to write); the
-    weight gradient as a scan of one step."""
-    records = []
-    for name, m, k, n, calls in perfkit.step_gemms(perfkit.SETUPS[args.setup]):
-        a = jax.random.normal(jax.random.key(0), (calls, m, k), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-        run = jax.jit(lambda a, b: jax.lax.scan(lambda _, a_t: (a_t @ b, None), jnp.zeros((m, n)), a)[0])
-        timing = perfkit.time_calls(lambda: run(a, b).block_until_ready(), max(args.reps, 5))
-        records.append(perfkit.gemm_record(name, m, k, n, calls, timing["seconds"]))
-    return {"setup": args.setup, "gemms": records}
-
-
 def versions() -> dict:
     import flax
     import jaxlib
@@ -98,4 +81,4 @@ def versions() -> dict:
 
 if __name__ == "__main__":
     bf16 = os.environ.get("CHARLM_BENCH_PRECISION") == "bfloat16"
-    perfkit.peer_main("charlm-bf16" if bf16 else "charlm", make_step, {"sample": sample, "matmul": matmul, "gemm": gemm}, versions)
+    perfkit.peer_main("charlm-bf16" if bf16 else "charlm", make_step, {"sample": sample, "matmul": matmul}, versions)

@@ -104,23 +104,6 @@ def train_flops(setup: Setup, vocab_size: int) -> float:
     return 3.0 * setup.batch * (lstm + dense)
 
 
-def step_gemms(setup: Setup) -> list[tuple[str, int, int, int, int]]:
-    """The matrix products of one LSTM layer's recurrence in a train step, as (name, M, K, N, calls):
-    the forward's h_{t-1} U and the backward's dz_t U^T once per time step, and the recurrent weight
-    gradient over all T * B rows once. bench.gemm_probe times them alone in each framework: the
-    floor under a step that no change to the elementwise work can lower."""
-    B, H, T = setup.batch, HIDDEN, SEQ_LENGTH
-    return [("forward h U", B, H, 4 * H, T), ("backward dz U^T", B, 4 * H, H, T),
-            ("weight grad h^T dz", H, T * B, 4 * H, 1)]
-
-
-def gemm_record(name: str, m: int, k: int, n: int, calls: int, seconds: float) -> dict:
-    """One product's timing: `calls` products of that shape took `seconds`."""
-    per_call = seconds / calls
-    return {"name": name, "m": m, "k": k, "n": n, "calls": calls, "us_per_call": per_call * 1e6,
-            "gflops": 2 * m * k * n / per_call / 1e9, "ms_per_step": seconds * 1e3}
-
-
 def time_steps(step: Callable[[dict], None], batches: list[dict], warmup: int) -> dict:
     """Runs `step` (which must block until its work is done) on each batch; the first `warmup`
     calls are untimed (the very first includes any compilation), the rest give the median."""
@@ -178,7 +161,7 @@ def peer_main(impl: str, make_step: StepMaker, tasks: dict[str, Task], versions:
     p.add_argument("--chars", type=int, default=1000, help="sample: chars per stateful stream")
     p.add_argument("--window-chars", type=int, default=100, help="sample: chars in window / predict-loop mode")
     p.add_argument("--streams", type=int, default=64, help="sample: streams of the batched run")
-    p.add_argument("--reps", type=int, default=3, help="sample/matmul/gemm: timed repetitions (matmul and gemm: at least 5)")
+    p.add_argument("--reps", type=int, default=3, help="sample/matmul: timed repetitions (matmul: at least 5)")
     p.add_argument("--matmul-n", type=int, default=2048, help="matmul: square size")
     args = p.parse_args()
     t0 = time.perf_counter()

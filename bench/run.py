@@ -1,11 +1,11 @@
 """CPU performance suite: charlm against plain PyTorch and the tutorial's Keras code (issue 5).
 
     python -m bench.run --suite cpu            # the full suite: a quiet machine, ~10-15 min
-    python -m bench.run --suite cpu --quick    # smoke test: few steps and chars, tiny corpora
+    python -m bench.run --suite cpu --quick    # smoke test: few steps and chars
 
 Measures training throughput (seed-small, seed-big and dense-small; see bench.perfkit.SETUPS),
-the XLA f32 matmul ceiling, sampling speed, and the peak RSS of a real `train.py` run against
-corpus size (bench.memory). Every measurement is a fresh child process (`bench.charlm_peer`,
+the XLA f32 matmul ceiling and sampling speed (peak RSS against corpus size was bench/memory.py
+until commit f8f6369; BENCHMARKS.md). Every measurement is a fresh child process (`bench.charlm_peer`,
 `bench.peers.torch_peer`, `bench.peers.keras_peer`) that prints one JSON line, so peak RSS and
 thread pools never leak between implementations; only one runs at a time. Rounds interleave
 the implementations (charlm, torch, keras, charlm, ...) and the summary takes medians over
@@ -23,7 +23,6 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench import memory
 from bench.perfkit import DEFAULT_TEXT, SEQ_LENGTH, SETUPS, run_child, train_flops
 from charlm.host import GLIBC_ENV
 
@@ -42,13 +41,13 @@ PRECISION = {"charlm-bf16": "bfloat16"}
 PEER_ENV = {"torch": {"CHARLM_ALLOCATOR": "system"}, "keras": {"CHARLM_ALLOCATOR": "system"},
             "torch-tuned": GLIBC_ENV, "charlm-system": {"CHARLM_ALLOCATOR": "system"}}
 DEFAULT_IMPLS = ["charlm", "charlm-bf16", "torch", "keras"]
-PARTS = ("train", "sample", "memory")
+PARTS = ("train", "sample")
 
 # Per-task settings: the full suite, and --quick, which only shows that everything runs.
 FULL = {"rounds": 3, "warmup": 3, "steps": 20, "chars": 1000, "window_chars": 100, "streams": 64, "reps": 3,
-        "matmul_n": 2048, "memory_mb": [1, 10, 100], "memory_minutes": 0.2, "timeout": 900}
+        "matmul_n": 2048, "timeout": 900}
 QUICK = {"rounds": 1, "warmup": 1, "steps": 3, "chars": 100, "window_chars": 10, "streams": 64, "reps": 1,
-         "matmul_n": 512, "memory_mb": [0.1, 1], "memory_minutes": 0.02, "timeout": 300}
+         "matmul_n": 512, "timeout": 300}
 
 
 def peer_args(task: str, setup: str | None, s: dict, text: str) -> list[str]:
@@ -157,7 +156,7 @@ def fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def table(summary: dict, mem: list[dict]) -> str:
+def table(summary: dict) -> str:
     out = []
     if summary["train"] and any(v["impls"] for v in summary["train"].values()):
         out.append(f"training, median over rounds (XLA f32 matmul ceiling: {fmt(summary['matmul_gflops'], '.1f')} "
@@ -179,17 +178,6 @@ def table(summary: dict, mem: list[dict]) -> str:
             out.append(f"{name:32s} {s['chars']:6d} {s['chars_per_s']:10.0f} {s['first_s']:10.2f} "
                        f"{s['other_cores']:5.2f}")
         out += [f"  {k}: {v:.2f}x" for k, v in summary["sample_ratios"].items()]
-    if mem:
-        out.append("\npeak RSS of train.py --epochs 1 --max-time M --no-strip vs corpus size")
-        out.append("(cold: first run, encodes the token cache; warm: a second run on the same corpus)")
-        out.append(f"{'text MB':>8s} {'peak RSS MB':>12s} {'RSS MB/text MB':>15s} {'slope MB/MB':>12s} "
-                   f"{'encode s':>9s} {'cold start s':>13s} {'warm start s':>13s} {'steps':>6s}  status")
-        for m in mem:
-            status = "ok" if m["rc"] == 0 else ("TIMED OUT" if m["timed_out"] else f"FAILED (exit {m['rc']})")
-            out.append(f"{m['corpus_mb']:8.1f} {m['peak_rss_mb']:12.0f} {m['rss_mb_per_text_mb']:15.3f} "
-                       f"{fmt(m.get('slope_mb_per_text_mb'), '12.3f'):>12s} {fmt(m.get('encode_s'), '9.1f'):>9s} "
-                       f"{fmt(m.get('cold_start_s'), '13.1f'):>13s} {fmt(m.get('warm_start_s'), '13.1f'):>13s} "
-                       f"{fmt(m['steps'], '6d'):>6s}  {status}")
     busy = [r["other_cores"] for t in summary["train"].values() for r in t["impls"].values()]
     busy += [s["other_cores"] for s in summary["sample"].values()]
     if busy:
@@ -202,14 +190,13 @@ def table(summary: dict, mem: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", choices=["cpu"], default="cpu")
-    p.add_argument("--quick", action="store_true", help="a few steps and chars, tiny corpora: a ~2-minute smoke test")
+    p.add_argument("--quick", action="store_true", help="a few steps and chars, a ~2-minute smoke test")
     p.add_argument("--text", default=DEFAULT_TEXT, help="the book (default: %(default)s)")
     p.add_argument("--out", help="JSON results (default: bench/results/cpu.json, or cpu-quick.json with --quick)")
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)")
     p.add_argument("--impls", nargs="+", choices=list(PEERS), default=DEFAULT_IMPLS,
                    help="implementations to time (default: %(default)s)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3; 1 with --quick)")
-    p.add_argument("--memory-mb", type=float, nargs="+", help="corpus sizes for the RSS part (default: 1 10 100)")
     p.add_argument("--baseline", metavar="REV", help="also time charlm at git revision REV (impl charlm-base)")
     p.add_argument("--pool", nargs="+", metavar="JSON",
                    help="runs nothing: prints the medians over all rounds of these result files together "
@@ -217,10 +204,10 @@ def main() -> None:
     args = p.parse_args()
     if args.pool:
         raw = [r for f in args.pool for r in json.loads(Path(f).read_text())["raw"]]
-        print(table(summarize(raw), []))
+        print(table(summarize(raw)))
         return
     s = dict(QUICK if args.quick else FULL)
-    s.update({k: v for k, v in (("rounds", args.rounds), ("memory_mb", args.memory_mb)) if v is not None})
+    s.update({"rounds": args.rounds} if args.rounds is not None else {})
     text = str(Path(args.text).resolve())
     out = Path(args.out or REPO / "bench" / "results" / ("cpu-quick.json" if args.quick else "cpu.json"))
 
@@ -232,17 +219,14 @@ def main() -> None:
         for impl, task, setup in jobs:
             print(f"round {rnd + 1}/{s['rounds']}: {impl} {task} {setup or ''}", file=sys.stderr, flush=True)
             raw.append({"round": rnd + 1, **run_peer(impl, peer_args(task, setup, s, text), s["timeout"], baseline)})
-    mem = (memory.measure(text, s["memory_mb"], s["memory_minutes"], REPO, s["timeout"],
-                          log=lambda line: print(line, file=sys.stderr, flush=True))
-           if "memory" in args.only else [])
     summary = summarize(raw)
     results = {"suite": args.suite, "quick": args.quick, "settings": s,
                "machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpus": os.cpu_count(), "python": platform.python_version()},
-               "summary": summary, "memory": mem, "raw": raw}
+               "summary": summary, "raw": raw}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
-    print(table(summary, mem))
+    print(table(summary))
     print(f"\nwrote {out}")
 
 

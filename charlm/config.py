@@ -266,7 +266,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "train": {"batch_size": 128, "epochs": 20}},
     "seed-big": {"model": {"hidden": 256, "layers": 2, "dropout": 0.2, "input_encoding": "scaled"},
                  "train": {"batch_size": 64, "epochs": 50}},
-    # Chosen by experiment (bench/fast_search.py, BENCHMARKS.md). Of six candidates given the same
+    # Chosen by experiment (bench/fast_search.py at f8f6369, BENCHMARKS.md). Of six candidates given the same
     # 4-minute CPU budget, this reached the lowest held-out loss on Alice (1.452 nats/char), with its
     # cosine schedule ending at about 23 epochs. Given the whole 15 minutes, the same net overfits
     # 130k chars long before its schedule decays (best 1.465-1.470), so the preset keeps the short

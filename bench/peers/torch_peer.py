@@ -3,7 +3,6 @@ or on the GPU (cuDNN) when there is one.
 
     python -m bench.peers.torch_peer train --setup seed-big
     python -m bench.peers.torch_peer sample --chars 1000 --streams 64
-    python -m bench.peers.torch_peer gemm --setup seed-small
 
 nn.LSTM(1, 256, num_layers) -> Dropout(0.2) -> Linear(256, V), Adam lr 1e-3, cross-entropy,
 on the same batches as charlm. For two layers, nn.LSTM's own dropout between the layers plus
@@ -14,7 +13,6 @@ stateful loop: prime once, then one nn.LSTM step per char carrying (h, c), argma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 import torch
@@ -41,9 +39,8 @@ class CharNet(nn.Module):
         return self.out(self.drop(h_BxTxH)), state
 
 
-def make_step(setup: perfkit.Setup, vocab_size: int, phase=lambda name: contextlib.nullcontext()):
-    """The timed step; `phase(name)` wraps its forward, backward and optimizer parts (the
-    profiler in bench.torch_profile marks them)."""
+def make_step(setup: perfkit.Setup, vocab_size: int):
+    """The timed step: forward, backward and Adam, synchronised on CUDA."""
     torch.manual_seed(0)
     model = CharNet(setup.layers, vocab_size).train().to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=perfkit.LEARNING_RATE)
@@ -53,13 +50,10 @@ def make_step(setup: perfkit.Setup, vocab_size: int, phase=lambda name: contextl
         x = torch.from_numpy(perfkit.scaled_inputs(batch, vocab_size)).to(DEVICE)
         y = torch.from_numpy(batch["targets"][:, -1] if last else batch["targets"]).long().to(DEVICE)
         opt.zero_grad(set_to_none=True)
-        with phase("forward"):
-            logits, _ = model(x, last_only=last)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
-        with phase("backward"):
-            loss.backward()
-        with phase("optimizer"):
-            opt.step()  # eager CPU: the work is done when this returns
+        logits, _ = model(x, last_only=last)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
+        loss.backward()
+        opt.step()  # eager CPU: the work is done when this returns
         if DEVICE.type == "cuda":  # eager CUDA only queues it
             torch.cuda.synchronize()
 
@@ -87,29 +81,6 @@ def sample(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
     ]}
 
 
-def gemm(args: argparse.Namespace, tokens, vocab_size: int) -> dict:
-    """perfkit.step_gemms as torch.mm runs them (oneDNN/MKL on CPU): a Python loop of products,
-    each on its own input and into one [m, n] output buffer (a few µs of dispatch per product,
-    against hundreds of µs of work), as bench.charlm_peer's gemm does in a lax.scan."""
-    records = []
-    with torch.inference_mode():
-        for name, m, k, n, calls in perfkit.step_gemms(perfkit.SETUPS[args.setup]):
-            gen = torch.Generator().manual_seed(0)
-            a = torch.randn(calls, m, k, generator=gen).to(DEVICE)
-            b = torch.randn(k, n, generator=gen).to(DEVICE)
-            out = torch.empty(m, n, device=DEVICE)
-
-            def run():
-                for t in range(calls):
-                    torch.mm(a[t], b, out=out)
-                if DEVICE.type == "cuda":
-                    torch.cuda.synchronize()
-
-            timing = perfkit.time_calls(run, max(args.reps, 5))
-            records.append(perfkit.gemm_record(name, m, k, n, calls, timing["seconds"]))
-    return {"setup": args.setup, "gemms": records}
-
-
 def versions() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
             **({"gpu": torch.cuda.get_device_name(), "cudnn": torch.backends.cudnn.version()}
@@ -118,4 +89,4 @@ def versions() -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(os.cpu_count() or 1)  # every core, as XLA uses them: 2 on the project's machine
-    perfkit.peer_main("torch", make_step, {"sample": sample, "gemm": gemm}, versions)
+    perfkit.peer_main("torch", make_step, {"sample": sample}, versions)
