@@ -369,11 +369,14 @@ def test_ctrl_c_while_streaming_prints_what_was_made_and_exits_130(trained_run):
     proc = subprocess.Popen([sys.executable, "-u", str(REPO / "sample.py"), "--ckpt", str(ck), "--length", "5000000",
                              "--temperature", "1", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    first = proc.stdout.readline()  # the Seed line, then text streams
-    assert first.startswith(b'Seed: "')
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        first = proc.stdout.readline()  # the Seed line, then text streams
+        assert first.startswith(b'Seed: "')
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # on a failure, a 5M-char stream must not take a core for the rest of the suite
     assert proc.returncode == 130, err
     assert out.endswith(b"\n[interrupted]\n") and 100 < len(out) < 5_000_000, len(out)
 
