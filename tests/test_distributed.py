@@ -8,13 +8,10 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import TINY
+from conftest import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[1]
 # What gloo's threads print on stdout as a process's collectives connect (one write per line).
 GLOO_CONNECTED = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. "
                             r"Expected number of connected peer ranks is : \d+\n?")
@@ -26,7 +23,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes: int, devices: int, args: list[str], timeout: float = 600, xla_flags: str = "") -> list[str]:
+def launch(processes: int, devices: int, args: list[str], timeout: float = 600) -> list[str]:
     """Runs `train.py ARGS` as `processes` processes of `devices` CPU devices each, on one machine;
     returns each process's stdout, less gloo's own "[Gloo] Rank i is connected" messages. A
     process that fails raises, with its stderr; none outlives the call.
@@ -36,7 +33,7 @@ def launch(processes: int, devices: int, args: list[str], timeout: float = 600, 
     then dropped the line with it (a CI run lost "Resuming at epoch 2" so). The messages are cut
     out of the text instead of dropping the lines they share."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip()}
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     env.pop("PYTHONUNBUFFERED", None)
     cluster = [] if processes == 1 else ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes",
                                          str(processes)]
