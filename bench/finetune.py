@@ -75,8 +75,8 @@ def sample_stats(ckpt: str, train_text: str, temperature: float) -> dict:
             "excerpt": samples[0][:200]}
 
 
-def alice_training_part(text: str) -> str:
-    """Alice cleaned as the runs clean it, cut where their training part ends (before val and test)."""
+def training_part(text: str) -> str:
+    """The text (Alice by default) cleaned as the runs clean it, cut where their training part ends."""
     from charlm.config import make_run_config
     from charlm.dataset import prepare_corpus
 
@@ -106,7 +106,7 @@ def main() -> None:
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     record["command"] = " ".join(sys.argv)
-    train_text = alice_training_part(args.text)
+    train_text = training_part(args.text)
     for name in args.runs:
         spec = RUNS[name]
         ckpt = "base"
