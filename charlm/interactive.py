@@ -14,7 +14,7 @@ from typing import TextIO
 
 from charlm.config import RunConfig, SamplingSettings
 from charlm.data import Vocab
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, CtrlC
 from charlm.sampling import stream
 
 HELP = """Type a prime and press Enter to continue it. Commands:
@@ -30,13 +30,13 @@ _FIELDS = {":t": ("temperature", float), ":k": ("top_k", int), ":p": ("top_p", f
 def write_stream(pieces: Iterable[str], out: TextIO) -> tuple[str, bool]:
     """Writes text as it comes and flushes each piece. Returns (all text, interrupted by Ctrl-C)."""
     text = ""
-    try:
+    with CtrlC() as ctrl_c:
         for piece in pieces:
             text += piece
             out.write(piece)
             out.flush()
-    except KeyboardInterrupt:
-        return text, True
+            if ctrl_c.signal is not None:
+                return text, True
     return text, False
 
 

@@ -1,5 +1,5 @@
-"""Where a run is, and how it goes on: the position stored in the `last` checkpoint, the
-SIGINT/SIGTERM stop requests, and the checks and restore behind `--resume`.
+"""Where a run is, and how it goes on: the position stored in the `last` checkpoint and the
+checks and restore behind `--resume`.
 
 The trainer writes a Position with every `last` checkpoint; `resume_point` reads it back
 (or, without a `last` checkpoint, starts after the best epoch) once `check_same_run` has
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from charlm import checkpoint
 from charlm.config import RunConfig
 from charlm.data import Vocab
-from charlm.errors import CharlmError, Interrupted
+from charlm.errors import CharlmError, StopRequests  # noqa: F401 (StopRequests: where the resume tests look)
 from charlm.model import zero_carry
 
 
@@ -56,35 +54,6 @@ class Position:
         if not (ints and floats and pos.epoch >= 1 and (pos.fitted_steps is None or isinstance(pos.fitted_steps, int))):
             raise CharlmError(f"the last checkpoint's position is malformed: {d}")
         return pos
-
-
-class StopRequests:
-    """Turns SIGINT (Ctrl-C) and SIGTERM into a request that the loop honours after the current step.
-
-    A second signal while the first is handled (a save in progress, say) aborts at once with
-    `Interrupted` (a KeyboardInterrupt that names the signal); the orbax saves are atomic, so the checkpoints on disk stay readable.
-    Outside the main thread (where Python cannot install handlers) it does nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise Interrupted(signum)
-        self.signal = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def check_same_run(meta: dict, cfg: RunConfig, vocab: Vocab, text_fingerprint: str, where: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from charlm.cli import EXIT_INTERRUPTED, Parser, add_encoding_args, argv_text, guarded, prepare_process
 from charlm.config import CONTEXT_MODES, PRECISIONS
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, CtrlC
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,12 +129,13 @@ def _produce(params, cfg, vocab, prime, settings, seed, args) -> tuple[list[str]
             text, interrupted = write_stream((p[0] for p in pieces), sys.stdout)
             print("\n\nDone." if not interrupted else "\n[interrupted]")
             return [text], interrupted
-        texts, interrupted = [""] * args.num_samples, False
-        try:
+        texts = [""] * args.num_samples
+        with CtrlC() as ctrl_c:
             for chunk in pieces:
                 texts = [t + p for t, p in zip(texts, chunk)]
-        except KeyboardInterrupt:
-            interrupted = True
+                if ctrl_c.signal is not None:
+                    break
+        interrupted = ctrl_c.signal is not None
     if sink is not None:
         with sink:
             sink.write("\n\n".join(texts) + "\n")

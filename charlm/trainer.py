@@ -31,11 +31,11 @@ from charlm.config import RunConfig
 from charlm.corpus import describe_files
 from charlm.data import Vocab, seed_windows
 from charlm.dataset import Corpus, TextFiles, epoch_batches, load_corpus, prepare_corpus, summary_lines, training_windows
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, StopRequests
 from charlm.finetune import check_compatible, transplant
 from charlm.scoring import tail_nll
 from charlm.model import zero_carry
-from charlm.resume import Position, StopRequests, resume_point
+from charlm.resume import Position, resume_point
 from charlm.training import TrainState, create_train_state, eval_params, make_optimizer, stateful_train_step, train_step
 
 NUM_SEEDS = 16          # seed windows stored in each checkpoint for sample.py

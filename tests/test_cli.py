@@ -381,6 +381,37 @@ def test_ctrl_c_while_streaming_prints_what_was_made_and_exits_130(trained_run):
     assert out.endswith(b"\n[interrupted]\n") and 100 < len(out) < 5_000_000, len(out)
 
 
+def test_a_ctrl_c_that_lands_in_a_garbage_collection_callback_still_stops_the_stream():
+    """JAX runs a gc callback while sampling; a KeyboardInterrupt raised there is swallowed by
+    Python, so the stream must take Ctrl-C as a flag it checks, not as an exception."""
+    import gc
+    import io
+    import signal
+
+    from charlm.interactive import write_stream
+
+    def ctrl_c_during_gc():
+        def callback(phase, info):
+            if phase == "start":
+                os.kill(os.getpid(), signal.SIGINT)
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+
+    def pieces():
+        for i in range(100):
+            if i == 3:
+                ctrl_c_during_gc()
+            yield str(i % 10)
+
+    out = io.StringIO()
+    text, interrupted = write_stream(pieces(), out)
+    assert interrupted and text == out.getvalue() == "0123"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 def test_dynamic_rms_statistics_come_from_the_training_part_of_the_checkpoints_text(dense_run, tmp_path):
     """Scoring the whole training text takes the RMS statistics from its recorded training part;
     a foreign text with no tail to score gets a message, not "too short"."""
