@@ -61,15 +61,6 @@ def validation_nll(state: TrainState, cfg: RunConfig, corpus: Corpus) -> np.ndar
     return tail_nll(params, cfg.model, corpus.tokens, corpus.split, cfg.data.seq_length, metric)
 
 
-@dataclass
-class TrainResult:
-    state: TrainState
-    best_loss: float
-    history: list[dict]
-    best_path: Path | None
-    interrupted: int | None = None  # the signal that stopped training (SIGINT, SIGTERM), if any
-
-
 @dataclass(frozen=True)
 class EpochStats:
     loss: float      # mean train loss over the scored chars
@@ -191,44 +182,135 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
                           f"the checkpoints are kept") from None
 
 
+@dataclass
+class TrainResult:
+    state: TrainState
+    best_loss: float
+    history: list[dict]
+    best_path: Path | None
+    interrupted: int | None = None  # the signal that stopped training (SIGINT, SIGTERM), if any
+
+
+@dataclass
+class Run:
+    """Everything a run sets up before its first step (`set_up_run`)."""
+    cfg: RunConfig                # with vocab_size filled in from the text
+    run_dir: Path
+    corpus: Corpus
+    windows: object               # charlm.dataset.training_windows
+    steps_per_epoch: int
+    place_batch: Callable
+    state: TrainState
+    position: Position            # where the first epoch starts (a resume: mid-epoch)
+    carry: object                 # the stateful streams' carry on resume, else None
+    dropout_rng: jax.Array
+    meta: dict                    # every checkpoint's metadata (charlm.checkpoint)
+    budget: TimeBudget
+    early: EarlyStopping
+    best: KeepBest
+    last: LastCheckpoint
+    log: Callable[[str], None]
+    progress: bool | None
+
+    def result(self, state: TrainState, history: list[dict], interrupted: int | None = None) -> TrainResult:
+        return TrainResult(state, self.best.best_loss, history, self.best.best_path, interrupted)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run ends before its last epoch: a stop signal, the time budget or early stopping."""
+    reason: str                   # "signal", "budget" or "early"
+    mid_epoch: bool               # the epoch is unfinished (--resume goes on from its batch)
+    signum: int | None = None
+
+    @staticmethod
+    def after(stats: EpochStats, mid_epoch: bool) -> Stop | None:
+        """A signal mid-epoch wins over the budget; at an epoch's end the budget wins over a signal."""
+        if stats.signal is not None and mid_epoch:
+            return Stop("signal", True, stats.signal)
+        if stats.stopped:
+            return Stop("budget", mid_epoch)
+        return Stop("signal", False, stats.signal) if stats.signal is not None else None
+
+    def announce(self, run: Run, state: TrainState, position: Position, carry, epoch: int) -> int | None:
+        """Saves the unfinished epoch's `last` checkpoint, says why the run stopped and returns the signal."""
+        cfg, step, of = run.cfg, int(state.step), f"{position.batch} of {run.steps_per_epoch}"
+        path = run.last.save(state, position, carry) if self.mid_epoch else None
+        name = signal.Signals(self.signum).name if self.signum else ""
+        resume = "Resume with the same command plus --resume."
+        if self.reason == "signal":
+            run.log(f"{name} received: stopped at epoch {epoch}, batch {of} (step {step}) and saved {path}. {resume}"
+                    if self.mid_epoch else f"{name} received at the end of epoch {epoch}; saved the last checkpoint. "
+                                           f"{resume}")
+        elif self.reason == "budget":
+            run.log(f"Time budget of {cfg.train.max_time:g} min reached "
+                    + (f"during epoch {epoch}, batch {of}" if self.mid_epoch else f"at the end of epoch {epoch}")
+                    + f" (after {step} steps); stopping.")
+        else:
+            run.log(f"Early stopping: {run.best.monitor} has not improved for {cfg.train.patience} epochs "
+                    f"(best {run.best.best_loss:.5f} at epoch {run.best.best_epoch}).")
+        return self.signum
+
+
 def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "checkpoints", *, resume: bool = False,
           source: str = "", files: Sequence[dict] = (), log: Callable[[str], None] = print,
-          progress: bool | None = None,
-          data_parallel: bool | None = None, handle_signals: bool = True,
+          progress: bool | None = None, data_parallel: bool | None = None, handle_signals: bool = True,
           save_every_minutes: float = DEFAULT_SAVE_EVERY_MINUTES, init_from: str | Path | None = None,
           vocab: str | None = None) -> TrainResult:
     """Trains on `raw_text` as configured, keeping the best checkpoint and the last state in `run_dir`.
 
-    Args:
-      raw_text: the book as read from disk, cleaned here as cfg.data says; or TextFiles, read
-        through the token cache (charlm.tokens: encoded once, then read as needed, so a corpus of
-        any size trains in flat memory), whose `source` and `files` default to the files'.
-      cfg: the run config; cfg.model.vocab_size is filled in from the text.
-      run_dir: checkpoint directory. Must hold no checkpoint unless `resume`.
-      resume: continue from the last checkpoint in run_dir (or the best, if there is no last one).
-      source: a description of where the text came from, stored in the checkpoint.
-      files: the corpus's files as `corpus.read_texts` lists them, stored in the checkpoint so
-        evaluate and --novelty can read the same text again.
-      log: where the per-epoch lines go.
-      progress: show a tqdm bar (None: only when stderr is a terminal).
-      data_parallel: split each batch over all local devices (None: when there are several).
-      handle_signals: SIGINT/SIGTERM save the `last` checkpoint and return with `interrupted` set.
-      save_every_minutes: also write the `last` checkpoint this often within an epoch, so a crash or
-        SIGKILL loses at most this much training.
-      init_from: start from this checkpoint's weights (charlm.finetune): its vocabulary plus the
-        text's new chars, a fresh optimizer and epoch count; the model shape must match.
-      vocab: chars the vocabulary starts with, in this order (then the text's others), so a model
-        has rows for chars its text lacks (charlm.pretrain: every printable ASCII char).
-    First it tunes glibc's allocator for the train steps (charlm.host), for the whole process and
-    for good: sampling later in the same process pays its costs too, and if JAX was already
-    running it comes too late for JAX's threads. CHARLM_ALLOCATOR=system opts out.
-    The best checkpoint is the one with the lowest val loss when cfg.data.val_frac > 0,
-    else the lowest train loss (the tutorial's monitor='loss'). The `last` checkpoint is written
-    at the end of every epoch, every `save_every_minutes` and on SIGINT/SIGTERM; --resume continues
-    from it exactly. With cfg.train.ema_decay the averaged weights are validated and saved as best.
+    `raw_text` is the book as read (cleaned here as cfg.data says) or TextFiles, read through the
+    token cache so a corpus of any size trains in flat memory. The best checkpoint has the lowest
+    val loss (train loss without a val split, the tutorial's monitor='loss'; averaged weights with
+    cfg.train.ema_decay). The `last` one is written at every epoch's end, every
+    `save_every_minutes` and on SIGINT/SIGTERM (with `handle_signals`); `resume` continues it
+    exactly. `set_up_run` describes the other arguments. First it tunes glibc's allocator for the
+    whole process (charlm.host; CHARLM_ALLOCATOR=system opts out).
     """
-    host.tune_allocator()  # train.py did already; see the docstring
-    run_dir = Path(run_dir)
+    host.tune_allocator()  # train.py did already; this is for notebooks
+    run = set_up_run(raw_text, cfg, Path(run_dir), resume=resume, source=source, files=files, log=log,
+                     progress=progress, data_parallel=data_parallel, init_from=init_from, vocab=vocab)
+    cfg, state, position, carry, history = run.cfg, run.state, run.position, run.carry, []
+    epoch = position.epoch
+    try:
+        with run.best, StopRequests() if handle_signals else contextlib.nullcontext() as signals:
+            while epoch <= cfg.train.epochs:
+                started = time.monotonic()
+                state, stats, position, carry = run_epoch(
+                    state, epoch_batches(run.corpus, cfg, run.windows, epoch, position.batch), cfg, run.dropout_rng,
+                    run.steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", run.progress, run.budget.deadline,
+                    position=position, carry=carry, stop=signals, place=run.place_batch,
+                    save_every=60 * save_every_minutes, save=run.last.save)
+                stop = Stop.after(stats, mid_epoch=position.batch < run.steps_per_epoch)
+                if stop is None or stop.reason == "budget":  # an epoch cut by a signal is not recorded
+                    history.append(_end_of_epoch(run, epoch, state, stats, started))
+                    state = run.budget.refit(epoch, state, stats.steps, started, run.log)
+                if stop is None or not stop.mid_epoch:
+                    position, carry = Position(epoch=epoch + 1), None  # a new epoch's streams start from zeros
+                    run.last.save(state, position, None)
+                    if stop is None and run.early.should_stop(epoch, run.best) and epoch < cfg.train.epochs:
+                        stop = Stop("early", False)
+                if stop is not None:
+                    return run.result(state, history, stop.announce(run, state, position, carry, epoch))
+                epoch += 1
+    except Diverged as e:
+        raise _diverged(run, epoch, e) from None
+    return run.result(state, history)
+
+
+def set_up_run(raw_text: str | TextFiles, cfg: RunConfig, run_dir: Path, *, resume: bool, source: str,
+               files: Sequence[dict], log: Callable[[str], None], progress: bool | None,
+               data_parallel: bool | None, init_from: str | Path | None, vocab: str | None) -> Run:
+    """The corpus, its windows, the devices, the starting state and the checkpoint keepers of a run.
+
+    source, files: where the text came from, stored in the checkpoint (TextFiles default to their
+      files) so evaluate and --novelty can read the same text again.
+    progress: a tqdm bar (None: when stderr is a terminal). data_parallel: split each batch over
+      all local devices (None: when there are several).
+    init_from: start from this checkpoint's weights (charlm.finetune): its vocabulary plus the
+      text's new chars, a fresh optimizer and epoch count; the model shape must match.
+    vocab: chars the vocabulary starts with, in this order (charlm.pretrain: printable ASCII).
+    """
     if not distributed.is_primary():  # process 0 speaks for the run
         log, progress = (lambda line: None), False
     if distributed.multi_process() and cfg.data.stateful:
@@ -248,14 +330,9 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     steps_per_epoch = windows.steps(B)
     total_steps = steps_per_epoch * cfg.train.epochs
     placed = distributed.placement(B, data_parallel)
-    place_state, place_batch, n_devices = placed.put_state, placed.put_batch, placed.devices
     state, position, carry, fitted = _starting_point(run_dir, cfg, corpus, resume, total_steps, steps_per_epoch, log)
     if init_from is not None and not resume:
         state = _initialised_from(init_from, state, cfg, corpus, log)
-    state = place_state(state)
-    carry = None if carry is None else place_batch(carry)
-    dropout_rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
-
     has_val = cfg.data.val_frac > 0
     monitor = val_metric(cfg) if has_val else train_metric(cfg)
     meta = _run_meta(cfg, corpus, source, monitor, files)
@@ -264,75 +341,37 @@ def train(raw_text: str | TextFiles, cfg: RunConfig, run_dir: str | Path = "chec
     elif base is not None:
         meta["vocab_start"] = base.chars
     log(f"Training {cfg.model.layers}x{cfg.model.hidden} {cfg.model.input_encoding} {cfg.model.cell.upper()} on "
-        f"{n_devices} {jax.devices()[0].platform.upper()} device{'s' if n_devices > 1 else ''}: {steps_per_epoch} "
-        f"steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
+        f"{placed.devices} {jax.devices()[0].platform.upper()} device{'s' if placed.devices > 1 else ''}: "
+        f"{steps_per_epoch} steps/epoch of {B} {'streams' if cfg.data.stateful else 'windows'} x {T} chars, "
         f"objective {cfg.data.objective}")
-
-    history: list[dict] = []
     budget = TimeBudget(cfg, position.elapsed, total_steps, fitted)
-    early = EarlyStopping(cfg.train.patience)
-    stop_requests = StopRequests() if handle_signals else contextlib.nullcontext()
-    epoch = position.epoch
     # as in the tutorial's ModelCheckpoint lines
     best = KeepBest(run_dir, monitor, "val_loss" if has_val else "loss", position.best_loss, log)
-    last = LastCheckpoint(run_dir, cfg, meta, best, budget)
+    return Run(cfg, run_dir, corpus, windows, steps_per_epoch, placed.put_batch, placed.put_state(state), position,
+               None if carry is None else placed.put_batch(carry), jax.random.fold_in(jax.random.key(cfg.train.seed), 1),
+               meta, budget, EarlyStopping(cfg.train.patience), best, LastCheckpoint(run_dir, cfg, meta, best, budget),
+               log, progress)
 
-    def result(interrupted: int | None = None) -> TrainResult:
-        return TrainResult(state, best.best_loss, history, best.best_path, interrupted)
 
-    try:
-        with best, stop_requests as stop:
-            while epoch <= cfg.train.epochs:
-                epoch_started = time.monotonic()
-                state, stats, position, carry = run_epoch(
-                    state, epoch_batches(corpus, cfg, windows, epoch, position.batch), cfg, dropout_rng,
-                    steps_per_epoch, f"Epoch {epoch}/{cfg.train.epochs}", progress, budget.deadline,
-                    position=position, carry=carry, stop=stop, place=place_batch,
-                    save_every=60 * save_every_minutes, save=last.save)
-                if stats.signal is not None and position.batch < steps_per_epoch:
-                    path = last.save(state, position, carry)
-                    log(f"{signal.Signals(stats.signal).name} received: stopped at epoch {epoch}, batch "
-                        f"{position.batch} of {steps_per_epoch} (step {int(state.step)}) and saved {path}. "
-                        f"Resume with the same command plus --resume.")
-                    return result(stats.signal)
-                record, line = _epoch_record(epoch, state, stats, cfg, corpus, time.monotonic() - epoch_started,
-                                             budget.elapsed)
-                history.append(record)
-                log(line)
-                best.on_epoch_end(epoch, state, {**meta, "total_steps": budget.horizon()},
-                                  record["val_loss"] if has_val else record["train_loss"])
-                if distributed.is_primary():
-                    _append_metrics(run_dir, record)
-                state = budget.refit(epoch, state, stats.steps, epoch_started, log)
-                if stats.stopped and position.batch < steps_per_epoch:  # mid-epoch: --resume goes on from here
-                    last.save(state, position, carry)
-                    log(f"Time budget of {cfg.train.max_time:g} min reached during epoch {epoch}, batch "
-                        f"{position.batch} of {steps_per_epoch} (after {int(state.step)} steps); stopping.")
-                    break
-                epoch += 1
-                position = Position(epoch=epoch)
-                carry = None  # a new epoch's streams start from zeros
-                last.save(state, position, None)
-                if stats.stopped:
-                    log(f"Time budget of {cfg.train.max_time:g} min reached at the end of epoch {epoch - 1} "
-                        f"(after {int(state.step)} steps); stopping.")
-                    break
-                if stats.signal is not None:  # the signal came with the epoch's last step
-                    log(f"{signal.Signals(stats.signal).name} received at the end of epoch {epoch - 1}; saved the "
-                        f"last checkpoint. Resume with the same command plus --resume.")
-                    return result(stats.signal)
-                if early.should_stop(epoch - 1, best) and epoch <= cfg.train.epochs:
-                    log(f"Early stopping: {monitor} has not improved for {cfg.train.patience} epochs "
-                        f"(best {best.best_loss:.5f} at epoch {best.best_epoch}).")
-                    break
-    except Diverged as e:
-        best_found, last_found = checkpoint.latest_step(run_dir), checkpoint.find_last(run_dir)
-        kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
-               ([f"the last one in {last_found}"] if last_found else [])
-        raise CharlmError(f"training diverged at epoch {epoch}, {e}; "
-                          f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
-                          f"try a lower --lr (now {cfg.train.learning_rate:g}) or --clip-norm 1") from None
-    return result()
+def _end_of_epoch(run: Run, epoch: int, state: TrainState, stats: EpochStats, started: float) -> dict:
+    """Logs the epoch's line, offers its weights to the best checkpoint and appends its metrics."""
+    record, line = _epoch_record(epoch, state, stats, run.cfg, run.corpus, time.monotonic() - started,
+                                 run.budget.elapsed)
+    run.log(line)
+    run.best.on_epoch_end(epoch, state, {**run.meta, "total_steps": run.budget.horizon()},
+                          record["val_loss"] if "val_loss" in record else record["train_loss"])
+    if distributed.is_primary():
+        _append_metrics(run.run_dir, record)
+    return record
+
+
+def _diverged(run: Run, epoch: int, e: Diverged) -> CharlmError:
+    best_found, last_found = checkpoint.latest_step(run.run_dir), checkpoint.find_last(run.run_dir)
+    kept = ([f"the best checkpoint {best_found[0] / str(best_found[1])}"] if best_found else []) + \
+           ([f"the last one in {last_found}"] if last_found else [])
+    return CharlmError(f"training diverged at epoch {epoch}, {e}; "
+                       f"{'kept ' + ' and '.join(kept) if kept else 'no checkpoint was written yet'}; "
+                       f"try a lower --lr (now {run.cfg.train.learning_rate:g}) or --clip-norm 1")
 
 
 def _starting_point(run_dir: Path, cfg: RunConfig, corpus: Corpus, resume: bool, total_steps: int,
