@@ -14,7 +14,7 @@ from typing import Any, Mapping, TypeVar
 from charlm.errors import CharlmError
 
 INPUT_ENCODINGS = ("scaled", "onehot", "embed")
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn")
 PRECISIONS = ("float32", "bfloat16")
 OBJECTIVES = ("last", "all")
 WINDOWINGS = ("sliding", "sentences")
@@ -47,7 +47,7 @@ class ModelConfig:
     dropout: float = 0.2            # dropout after each LSTM layer (tutorial: 0.2)
     input_encoding: str = "scaled"  # scaled: id / vocab as one float (tutorial); onehot; embed
     embed_dim: int = 64             # embedding width, only for input_encoding="embed"
-    cell: str = "lstm"              # lstm (the tutorial) or gru (as in char-rnn)
+    cell: str = "lstm"              # lstm (the tutorial), gru or rnn (a tanh RNN; both as in char-rnn)
     input_dropout: float = 0.0      # dropout on the input features (tutorial extension 6)
     precision: str = "float32"      # bfloat16: LSTM recurrent matmuls in bf16 (state, gates, loss stay f32)
     # Regularisers for recurrent nets (Gal & Ghahramani 2016; Merity et al. 2017, AWD-LSTM):

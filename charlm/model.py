@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from charlm.config import ModelConfig
-from charlm.recurrence import gru_recurrence, lstm_recurrence
+from charlm.recurrence import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 # One (c, h) pair per layer, each [B, H].
 Carry = tuple[tuple[jax.Array, jax.Array], ...]
@@ -44,18 +44,18 @@ def _forget_bias_init(hidden: int):
     return init
 
 
-GATES = {"lstm": 4, "gru": 3}  # gate blocks per cell: i, f, g, o and r, u, n
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks per cell: i, f, g, o; r, u, n; the tanh RNN's one
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # ModelConfig.precision -> recurrent matmul dtype
 # Float inputs with at least this many features are projected for all steps before the recurrence.
 PROJECT_AHEAD_MIN_FEATURES = 16
 
 
 class RecurrentLayer(nn.Module):
-    """One LSTM (or GRU) layer scanned over time.
+    """One LSTM (or GRU, or tanh RNN) layer scanned over time.
 
     Attributes:
       hidden: units H.
-      cell: "lstm" or "gru".
+      cell: "lstm", "gru" or "rnn".
       lookup: the inputs are int ids and x_t W is the row W[id] (one-hot input, without
         building the one-hot vectors); otherwise they are float features [T, B, D].
     """
@@ -103,8 +103,11 @@ class RecurrentLayer(nn.Module):
         c0, h0 = carry
         if self.cell == "lstm":
             return lstm_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, c0, h0, mask_TxB, self.matmul_dtype)
-        h, hs = gru_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, bh_GH, h0, mask_TxB, self.matmul_dtype)
-        return (h, h), hs  # a GRU has no cell state; the carry's c slot mirrors h
+        if self.cell == "gru":
+            h, hs = gru_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, bh_GH, h0, mask_TxB, self.matmul_dtype)
+        else:
+            h, hs = rnn_recurrence(x_TxB_, W_DxGH, b_GH, U_HxGH, h0, mask_TxB, self.matmul_dtype)
+        return (h, h), hs  # a GRU or RNN has no cell state; the carry's c slot mirrors h
 
 
 class CharLSTM(nn.Module):

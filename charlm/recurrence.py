@@ -1,4 +1,4 @@
-"""The LSTM and GRU recurrences over a whole window, with hand-written backward passes.
+"""The LSTM, GRU and tanh RNN recurrences over a whole window, with hand-written backward passes.
 
 `lstm_recurrence(x, W, b, U, c0, h0, mask)` runs
   z_t = x_t W + b + h_{t-1} U;  i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of split(z_t)
@@ -135,10 +135,10 @@ def _mask_grad(mask_TxB):
     return None if mask_TxB is None else jnp.zeros(mask_TxB.shape, jax.dtypes.float0)
 
 
-def _with_backward(forward, backward):
+def _with_backward(forward, backward, matmul_dtype_at: int = 7):
     """forward's outputs as a function whose gradient is `backward` (the last argument, the
-    matmul dtype, is static)."""
-    run = jax.custom_vjp(lambda *args: forward(*args)[0], nondiff_argnums=(7,))
+    matmul dtype at position `matmul_dtype_at`, is static)."""
+    run = jax.custom_vjp(lambda *args: forward(*args)[0], nondiff_argnums=(matmul_dtype_at,))
     run.defvjp(forward, backward)
     return run
 
@@ -227,4 +227,51 @@ def gru_recurrence(x_TxBxD: jax.Array, W_Dx3H: jax.Array | None, b_3H: jax.Array
     """Runs the GRU over T steps, with the same conventions as `lstm_recurrence` (gate order r, u, n;
     `bh_3H` is the recurrent bias, inside the reset gate's product). Returns (final h, h [T, B, H])."""
     hs, h = _gru(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_dtype)
+    return h, hs
+
+
+# --- Vanilla RNN (Elman; char-rnn's `rnn`): h' = tanh(x W + b + h U) ---
+
+
+def _rnn_forward(x_TxBxD, W_DxH, b_H, U_HxH, h0_BxH, mask_TxB, matmul_dtype):
+    U = _cast(U_HxH, matmul_dtype)
+
+    def step(h, inputs):
+        x_t, m_t = inputs
+        new_h = jnp.tanh(_input_part(x_t, W_DxH, b_H) + _matmul(h, U, matmul_dtype))
+        if m_t is not None:
+            new_h = jnp.where(m_t[:, None], new_h, h)
+        return new_h, (new_h, h)
+
+    h, (hs, h_prev) = jax.lax.scan(step, h0_BxH, (x_TxBxD, mask_TxB))
+    return (hs, h), (x_TxBxD, W_DxH, U_HxH, hs, h_prev, mask_TxB)
+
+
+def _rnn_backward(matmul_dtype, residuals, cotangents):
+    x_TxBxD, W_DxH, U_HxH, hs, h_prev, mask_TxB = residuals
+    dhs, dh_last = cotangents
+    Ut = _cast(U_HxH.T, matmul_dtype)
+
+    def step(dh_in, inputs):
+        dh_t, h_t, m_t = inputs
+        dz = (dh_in + dh_t) * (1 - h_t * h_t)
+        if m_t is not None:  # a masked step passed its input state straight through
+            keep = m_t[:, None]
+            dz = jnp.where(keep, dz, 0)
+            return jnp.where(keep, _matmul(dz, Ut, matmul_dtype), dh_in + dh_t), dz
+        return _matmul(dz, Ut, matmul_dtype), dz
+
+    dh0, dz_TxBxH = jax.lax.scan(step, dh_last, (dhs, hs, mask_TxB), reverse=True)
+    dU = _recurrent_weight_grad(h_prev, dz_TxBxH, matmul_dtype).astype(U_HxH.dtype)
+    return (*_input_grads(x_TxBxD, W_DxH, dz_TxBxH), dU, dh0, _mask_grad(mask_TxB))
+
+
+_rnn = _with_backward(_rnn_forward, _rnn_backward, matmul_dtype_at=6)
+
+
+def rnn_recurrence(x_TxBxD: jax.Array, W_DxH: jax.Array | None, b_H: jax.Array | None, U_HxH: jax.Array,
+                   h0_BxH: jax.Array, mask_TxB: jax.Array | None = None, matmul_dtype: Any = None):
+    """Runs the tanh RNN over T steps, with the same conventions as `lstm_recurrence` (one gate
+    block: G = H). Returns (final h, h [T, B, H])."""
+    hs, h = _rnn(x_TxBxD, W_DxH, b_H, U_HxH, h0_BxH, mask_TxB, matmul_dtype)
     return h, hs

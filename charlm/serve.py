@@ -9,8 +9,10 @@ nothing to install. A generation streams as NDJSON lines, {"text": ...} per jitt
 the fetch, which ends the generation at the next chunk. Every request parameter has a limit,
 and a bad request gets a 4xx with {"error": message}, never a traceback.
 
-Routes: GET / (the page), GET /api/model (the model card), GET /api/metrics (metrics.jsonl),
-POST /api/generate (a JSON object of the parameters in LIMITS).
+Routes: GET / (the page), GET /inspect (the Inspect view), GET /api/model (the model card),
+GET /api/metrics (metrics.jsonl), POST /api/generate (a JSON object of the parameters in
+LIMITS), POST /api/inspect ({"text", "span": [start, end] or null, "units": [names]}: the report
+of charlm.inspect.inspection).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ LIMITS = {
 CHUNK = 32  # chars per streamed line: smaller than the CLI's, so the page fills smoothly on slow models
 OPTIONAL = {"top_k", "top_p", "no_repeat_ngram", "seed"}
 MAX_PRIME = 2000
+MAX_INSPECT = 2000  # chars per Inspect request: a 2,000-char text is inspected within a second on a 2-core CPU
+MAX_UNITS = 16      # units whose activations one Inspect request may ask for
 
 
 class BadRequest(Exception):
@@ -90,8 +94,10 @@ class App:
         return {"corpus": Path(corpus.get("source") or "?").name, "chars": corpus.get("chars"),
                 "vocab_size": self.vocab.size, "config": self.cfg.to_dict(), "epochs": len(metrics),
                 "best_epoch": self.meta.get("epoch"), "val_bits_per_char": min(vals) / math.log(2) if vals else None,
-                "limits": {**{k: [lo, hi] for k, (_, lo, hi, _) in LIMITS.items()}, "prime": [1, MAX_PRIME]},
-                "defaults": {k: d for k, (_, _, _, d) in LIMITS.items()}, "seed_prime": self.meta["seeds"][0]}
+                "limits": {**{k: [lo, hi] for k, (_, lo, hi, _) in LIMITS.items()}, "prime": [1, MAX_PRIME],
+                           "inspect": [2, MAX_INSPECT]},
+                "defaults": {k: d for k, (_, _, _, d) in LIMITS.items()}, "seed_prime": self.meta["seeds"][0],
+                "seeds": self.meta["seeds"]}
 
     def metrics(self) -> list[dict]:
         from charlm.plot import read_metrics
@@ -103,15 +109,7 @@ class App:
 
     def parse(self, body: bytes) -> dict:
         """The request's generation parameters, checked, or BadRequest."""
-        try:
-            request = json.loads(body.decode("utf-8")) if body.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object") from None
-        if not isinstance(request, dict):
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
-        unknown = sorted(set(request) - set(LIMITS) - {"prime"})
-        if unknown:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown parameter(s): {', '.join(unknown)}")
+        request = _json_object(body, set(LIMITS) | {"prime"})
         prime = request.get("prime")
         if not isinstance(prime, str) or not prime:
             raise BadRequest(HTTPStatus.BAD_REQUEST, "prime must be some text")
@@ -121,6 +119,25 @@ class App:
         if params["top_k"] is not None and params["top_k"] > self.vocab.size:
             params["top_k"] = None  # all chars: the same draw
         return {"prime": prime, **params}
+
+    def inspect(self, body: bytes) -> dict:
+        """The Inspect report for the request's text (BadRequest, or CharlmError for text the model cannot read)."""
+        from charlm.inspect import encode_text, inspection
+
+        request = _json_object(body, {"text", "span", "units"})
+        text, span, units = request.get("text"), request.get("span"), request.get("units") or []
+        if not isinstance(text, str) or not text:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "text must be some text")
+        if len(text) > MAX_INSPECT:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"the text is {len(text)} chars; the limit is {MAX_INSPECT}")
+        if span is not None and not (isinstance(span, list) and len(span) == 2
+                                     and all(isinstance(v, int) and not isinstance(v, bool) for v in span)):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "span must be [start, end], two whole numbers, or null")
+        if not (isinstance(units, list) and all(isinstance(u, str) for u in units)) or len(units) > MAX_UNITS:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"units must be a list of at most {MAX_UNITS} unit names")
+        ids = encode_text(text, self.vocab, self.cfg, MAX_INSPECT)
+        return inspection(self.state.params, self.cfg, self.vocab, ids, span=None if span is None else tuple(span),
+                          units=units, bucket=MAX_INSPECT)  # one compile serves every text
 
     def generate(self, p: dict) -> Iterator[str]:
         """Checks the prime against the vocabulary (CharlmError) and returns the text's chunks."""
@@ -136,7 +153,8 @@ class App:
 
     def warm_up(self) -> None:
         """Compiles the page's default settings (and argmax) for primes of up to 128 chars, so
-        Generate answers at once."""
+        Generate answers at once, and the Inspect view's trace."""
+        self.inspect(json.dumps({"text": self.meta["seeds"][0]}).encode())
         defaults = {k: d for k, (_, _, _, d) in LIMITS.items()}
         seed_text = self.meta["seeds"][0]
         for size in (16, 32, 64, 128):
@@ -145,6 +163,19 @@ class App:
                 for _ in self.generate({**defaults, "prime": prime, "temperature": temperature, "length": 40,
                                         "seed": 0}):
                     pass
+
+
+def _json_object(body: bytes, allowed: set[str]) -> dict:
+    try:
+        request = json.loads(body.decode("utf-8")) if body.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object") from None
+    if not isinstance(request, dict):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
+    unknown = sorted(set(request) - allowed)
+    if unknown:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown parameter(s): {', '.join(unknown)}")
+    return request
 
 
 def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
@@ -169,6 +200,10 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             if self.path in ("/", "/index.html"):
                 page = resources.files("charlm").joinpath("web/index.html").read_bytes()
                 self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            elif self.path == "/inspect":
+                from charlm.inspect import page
+
+                self._send(HTTPStatus.OK, page().encode(), "text/html; charset=utf-8")
             elif self.path == "/api/model":
                 self._json(HTTPStatus.OK, app.card())
             elif self.path == "/api/metrics":
@@ -177,7 +212,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
 
         def do_POST(self):
-            if self.path != "/api/generate":
+            if self.path not in ("/api/generate", "/api/inspect"):
                 return self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
             try:
                 size = int(self.headers.get("Content-Length") or 0)
@@ -187,7 +222,10 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the request is over {MAX_BODY} bytes"})
             try:
-                pieces = app.generate(app.parse(self.rfile.read(size)))
+                body = self.rfile.read(size)
+                if self.path == "/api/inspect":
+                    return self._json(HTTPStatus.OK, app.inspect(body))
+                pieces = app.generate(app.parse(body))
             except BadRequest as e:
                 return self._json(e.status, {"error": str(e)})
             except CharlmError as e:

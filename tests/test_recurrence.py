@@ -1,11 +1,11 @@
-"""The hand-written LSTM and GRU backward passes against JAX autodiff of the textbook steps, in float64."""
+"""The hand-written LSTM, GRU and tanh RNN backward passes against JAX autodiff of the textbook steps, in float64."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charlm.recurrence import gru_recurrence, lstm_recurrence
+from charlm.recurrence import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 T, B, D, H = 6, 3, 2, 5  # every size differs, so a swapped axis cannot pass
 
@@ -34,6 +34,17 @@ def textbook_gru(x, W, b, U, bh, h0, mask):
         (xr, xu, xn), (hr, hu, hn) = jnp.split(zx, 3, axis=-1), jnp.split(zh, 3, axis=-1)
         r, u = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xu + hu)
         new_h = (1 - u) * jnp.tanh(xn + r * hn) + u * h
+        if m_t is not None:
+            new_h = jnp.where(m_t[:, None], new_h, h)
+        return new_h, new_h
+    return jax.lax.scan(step, h0, (x, mask))
+
+
+def textbook_rnn(x, W, b, U, h0, mask):
+    """The Elman RNN step, h' = tanh(x W + b + h U)."""
+    def step(h, inputs):
+        x_t, m_t = inputs
+        new_h = jnp.tanh((x_t if W is None else x_t @ W + b[None, :]) + h @ U)
         if m_t is not None:
             new_h = jnp.where(m_t[:, None], new_h, h)
         return new_h, new_h
@@ -92,6 +103,25 @@ def test_gru_gradients_match_autodiff_of_textbook_step(projected, masked):
         argnums = tuple(range(len(args)))
         value, grads = jax.value_and_grad(lambda *a: loss(gru_recurrence, *full(a)), argnums)(*args)
         ref_value, ref_grads = jax.value_and_grad(lambda *a: loss(textbook_gru, *full(a)), argnums)(*args)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    for g, rg in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("projected, masked", [(False, False), (True, True)], ids=["x@W-inside", "pre-projected-mask"])
+def test_rnn_gradients_match_autodiff_of_textbook_step(projected, masked):
+    with jax.enable_x64(True):
+        x, W, b, U, _, h0, mask = inputs(projected, masked, gates=1)
+        r = jax.random.normal(jax.random.key(1), (T, B, H), jnp.float64)
+
+        def loss(run, x, W, b, U, h0):
+            h, hs = run(x, W, b, U, h0, mask)
+            return jnp.sum(hs * r) + jnp.sum(jnp.sin(h))
+        args = (x, W, b, U, h0) if not projected else (x, U, h0)
+        full = (lambda a: a) if not projected else (lambda a: (a[0], None, None, *a[1:]))
+        argnums = tuple(range(len(args)))
+        value, grads = jax.value_and_grad(lambda *a: loss(rnn_recurrence, *full(a)), argnums)(*args)
+        ref_value, ref_grads = jax.value_and_grad(lambda *a: loss(textbook_rnn, *full(a)), argnums)(*args)
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     for g, rg in zip(grads, ref_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)

@@ -72,9 +72,10 @@ REGULARISED = dict(STATEFUL, input_encoding="embed", variational=True, input_dro
                    embed_dropout=0.1, weight_decay=0.1, ema_decay=0.9, test_frac=0.1)
 
 
-@pytest.mark.parametrize("mode, where", [(dict(), "mid"), (STATEFUL, "mid"), (STATEFUL, "end"), (REGULARISED, "mid")],
+@pytest.mark.parametrize("mode, where", [(dict(), "mid"), (STATEFUL, "mid"), (STATEFUL, "end"), (REGULARISED, "mid"),
+                                         (dict(REGULARISED, cell="rnn"), "mid")],
                          ids=["shuffled-windows", "stateful-streams+val", "stateful-at-an-epoch-end",
-                              "regularised+averaged"])
+                              "regularised+averaged", "rnn-regularised+averaged"])
 def test_interrupted_and_resumed_run_has_the_same_per_step_losses(monkeypatch, text, tmp_path, mode, where):
     cfg = make_run_config(**BASE, **mode)
     whole, whole_losses, _ = recorded_run(monkeypatch, text, tmp_path / "whole", cfg)

@@ -167,3 +167,66 @@ def test_the_page_in_a_headless_browser(server, monkeypatch):
         wait.until(lambda b: "temperature must be a number" in b.find_element(By.ID, "error").text)
     finally:
         browser.quit()
+
+
+def test_inspect_route_answers_a_report_and_refuses_bad_input_with_a_message(server):
+    status, kind, page = request(server.url + "/inspect")
+    assert status == 200 and kind.startswith("text/html") and 'id="inspect"' in page
+    text = "alice was beginning to get very tired"
+    status, _, body = request(server.url + "/api/inspect", {"text": text, "span": [6, 9], "units": ["L1.c2"]})
+    report = json.loads(body)
+    assert status == 200 and "".join(report["chars"]) == text and len(report["span"]["top"]) == 10
+    assert "L1.c2" in report["activations"] and report["bits_per_char"] > 0
+    bad = [({"text": "a" * 2001}, "the limit is 2000"), ({"text": "alice€"}, "not in the model's vocabulary"),
+           ({"text": ""}, "text must be some text"), ({"text": "alice", "span": "1-2"}, "span must be [start, end]"),
+           ({"text": "alice", "span": [3, 99]}, "the span must be part of the text"),
+           ({"text": "alice", "units": ["L7.h1"]}, "no unit 'L7.h1'"), ({"text": "alice", "units": "L1.h1"}, "units must be a list"),
+           ({"text": "alice", "colour": 1}, "unknown parameter(s): colour")]
+    for body, words in bad:
+        got, kind, payload = request(server.url + "/api/inspect", body)
+        assert got == 400 and kind == "application/json" and words in json.loads(payload)["error"], (body, payload)
+    got, _, payload = request(server.url + "/api/inspect", raw=b"{nope")
+    assert got == 400 and "must be a JSON object" in json.loads(payload)["error"]
+
+
+def test_the_inspect_view_in_a_headless_browser(server):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.05)
+        browser.get(server.url + "/inspect")
+        field = lambda name: browser.find_element(By.ID, name)
+        wait.until(lambda b: field("input").get_attribute("value"))
+        field("input").clear()
+        field("input").send_keys("alice was beginning to get very tired of sitting")
+        field("inspect").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#text span")) == 49)
+        assert "bits/char" in field("bpc").text
+        chars = browser.find_elements(By.CSS_SELECTOR, "#text span")
+        assert chars[5].value_of_css_property("background-color") != chars[0].value_of_css_property("background-color")
+        ActionChains(browser).move_to_element(chars[10]).perform()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#hover .guess")) == 5)
+        # select "beginning" with the mouse's API and release it: the page asks for its units
+        browser.execute_script("""
+            const s = document.querySelectorAll('#text span'), r = document.createRange();
+            r.setStart(s[10].firstChild, 0); r.setEnd(s[18].firstChild, 1);
+            const sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(r);
+            document.getElementById('text').dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));""")
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#span-units li")) == 10)
+        assert "chars 10..18" in field("span").text
+        browser.find_element(By.CSS_SELECTOR, "#span-units a.unit").click()
+        wait.until(lambda b: "unit L1." in field("legend").text)
+        assert browser.find_elements(By.CSS_SELECTOR, "#hypotheses tbody tr")
+        # bad input shows its message on the page
+        field("input").clear()
+        field("input").send_keys("alice€")
+        field("inspect").click()
+        wait.until(lambda b: "not in the model's vocabulary" in field("error").text)
+        browser.execute_script("document.getElementById('input').value = 'a'.repeat(2001)")
+        field("inspect").click()
+        wait.until(lambda b: "the limit is 2000" in field("error").text)
+    finally:
+        browser.quit()

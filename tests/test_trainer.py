@@ -78,6 +78,19 @@ def test_max_time_stops_cleanly_with_a_checkpoint(alice, tmp_path):
     assert result.best_path is not None and result.best_path.exists()
 
 
+def test_a_tanh_rnn_trains_and_samples(alice, tmp_path):
+    from charlm.checkpoint import restore
+    from charlm.sampling import generate
+
+    result, lines = run(alice, tmp_path, cell="rnn", input_encoding="embed", epochs=2, learning_rate=1e-2)
+    losses = [r["train_loss"] for r in result.history]
+    assert "RNN" in lines[3] and losses[1] < losses[0]
+    state, cfg, vocab, _ = restore(tmp_path)
+    assert set(state.params) == {"embed", "rnn_0", "output"} and state.params["rnn_0"]["recurrent_kernel"].shape == (16, 16)
+    text = generate(state.params, cfg, vocab, "alice", length=80, temperature=0.8, seed=1)[0]
+    assert len(text) == 80 and set(text) <= set(vocab.chars)
+
+
 def test_strip_punctuation_and_gru_and_input_dropout_train(alice, tmp_path):
     result, lines = run(alice, tmp_path, strip_punctuation=True, cell="gru", input_dropout=0.2, epochs=1)
     assert "Total Vocab: 30" in lines and "GRU" in lines[3]  # 40 chars less 10 punctuation marks
