@@ -395,10 +395,10 @@ def test_a_ctrl_c_that_lands_in_a_garbage_collection_callback_still_stops_the_st
                 ctrl_c_during_gc()
             yield str(i % 10)
 
-    out = io.StringIO()
+    out, before = io.StringIO(), signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
     text, interrupted = write_stream(pieces(), out)
     assert interrupted and text == out.getvalue() == "0123"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
 def test_dynamic_rms_statistics_come_from_the_training_part_of_the_checkpoints_text(dense_run, tmp_path):
