@@ -15,6 +15,11 @@ from pathlib import Path
 # with tests/test_model.py took 96 and 104 s, against 76 and 82 s untouched. tests/test_host.py
 # checks the tuning in fresh interpreters.
 os.environ.setdefault("CHARLM_ALLOCATOR", "system")
+# XLA's fast compile mode, here and in every process the tests start: these tests are mostly
+# compiles of tiny nets, and tests/test_model.py with tests/test_regularisers.py took 69 s with
+# it against 99 s without. What they check (equalities between two ways of computing the same
+# thing, resumes bit for bit) holds in either mode.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -70,6 +75,18 @@ def run_cli(script: str, *args: str, cwd: Path | None = None, env: dict | None =
 
 # A tiny, fast training config for end-to-end tests.
 TINY = ["--hidden", "16", "--seq-length", "10", "--batch-size", "32", "--epochs", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, wonderland_path):
+    """A tiny model trained by train.py on a 3,000-char slice of Alice: (root, text, checkpoint dir,
+    train.py's CompletedProcess). One per session, for every test that needs just some trained model."""
+    root = tmp_path_factory.mktemp("e2e")
+    text = root / "alice.txt"
+    text.write_text(wonderland_path.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    result = run_cli("train.py", "--text", str(text), "--ckpt-dir", str(root / "ck"), *TINY)
+    assert result.returncode == 0, result.stderr
+    return root, text, root / "ck", result
 
 
 @pytest.fixture
