@@ -2,13 +2,10 @@
 static and dynamic, against PPMd, bzip2 and xz on the same split.
 
     python -m bench.generalisation --text ../shared/data/wonderland.txt --name alice --preset best
-    python -m bench.generalisation --text ../shared/data/wonderland.txt --name alice --ablation --budget 5
-    python -m bench.generalisation --text ../shared/data/wonderland.txt --name alice --tune-dynamic
 
 The protocol (BENCHMARKS.md): the text is cleaned as training cleans it; the test tail is its
 contiguous last 10 %, the validation slice the 10 % before it. `train.py --test-frac 0.1` never
-reads the tail; early stopping, the best checkpoint and every tuning call here (--tune-dynamic)
-look at the validation slice only, with the text before it as what was read first. Only then
+reads the tail; early stopping and the best checkpoint look at the validation slice only, with the text before it as what was read first. Only then
 is the tail scored, once, with the settings fixed in charlm (`DynamicSettings()`): the model
 reads (and dynamic evaluation adapts on) the text before the tail, as the compressors do.
 
@@ -32,26 +29,17 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from charlm.checkpoint import restore
+from bench.finetune import sample_stats
+
 from charlm.config import DynamicSettings, make_run_config
 from charlm.corpus import clean_text, read_text
 from charlm.dataset import held_out_splits
-from charlm.scoring import dynamic_nll, evaluate_checkpoint, gradient_rms, tail_nll
-from charlm.sampling import generate
+from charlm.scoring import evaluate_checkpoint
 
 RESULTS = Path("bench/results")
 TEST_FRAC, VAL_FRAC = 0.1, 0.1
 TEMPERATURES = (0.5, 0.8, 1.0)
-# One regulariser (or the averaging) removed at a time from `best`.
-ABLATIONS = {"full": [], "no-variational": ["--no-variational"], "no-weight-drop": ["--weight-drop", "0"],
-             "no-embed-dropout": ["--embed-dropout", "0"], "no-weight-decay": ["--weight-decay", "0"],
-             "no-averaging": ["--ema-decay", "0"]}
-# Dynamic evaluation settings tried on the validation slice (--tune-dynamic).
-RMS_GRID = ([dict(method="rms", lr=lr, decay=decay) for lr in (1e-4, 2e-4, 3e-4, 5e-4) for decay in (0.0, 1e-3, 1e-2)]
-            + [dict(method="rms", lr=3e-4, rms_floor=0.3), dict(method="rms", lr=3e-4, segment=50)])
-SGD_GRID = [dict(method="sgd", lr=lr) for lr in (1e-2, 3e-2, 1e-1)]
 
 
 def compressed_cost(head: str, tail: str) -> dict:
@@ -75,33 +63,6 @@ def train_run(run_dir: Path, text: str, preset: str, budget: float | None, extra
     subprocess.run(cmd, check=True)
 
 
-def memorised_share(samples: list[str], train_text: str, n: int = 20) -> float:
-    """Share of the samples' n-char substrings found verbatim in the training text."""
-    grams = {train_text[i:i + n] for i in range(len(train_text) - n + 1)}
-    subs = [s[i:i + n] for s in samples for i in range(len(s) - n + 1)]
-    return sum(g in grams for g in subs) / max(1, len(subs))
-
-
-def tune_dynamic(run_dir: Path, tokens: np.ndarray, val_start: int, test_start: int) -> dict:
-    """Each grid point scored on the validation slice (adapting on the text before it); the test
-    tail is not passed in at all."""
-    state, cfg, _, _ = restore(run_dir)
-    seen = tokens[:test_start]
-    val = seen[val_start:]
-    rms = gradient_rms(state.params, cfg.model, seen[:val_start])
-    static = float(np.mean(tail_nll(state.params, cfg.model, seen, val_start, cfg.data.seq_length)))
-    out = {"static": static}
-    for point in RMS_GRID + SGD_GRID:
-        s = DynamicSettings(**point)
-        t0 = time.perf_counter()
-        nll, adapted = dynamic_nll(state.params, cfg.model, val, seen[:val_start], s, rms)
-        key = ",".join(f"{k}={v}" for k, v in point.items())
-        out[key] = {"nats_per_char": float(np.mean(nll)), "adapted_chars": adapted,
-                    "seconds": time.perf_counter() - t0}
-        print(f"  val {key}: {out[key]['nats_per_char']:.4f} ({out[key]['seconds']:.0f} s)", flush=True)
-    return out
-
-
 def score_test(run_dir: Path, text_path: str) -> dict:
     """Static, rms-dynamic and sgd-dynamic cost of the test tail, with charlm's fixed settings."""
     out = {}
@@ -116,27 +77,13 @@ def score_test(run_dir: Path, text_path: str) -> dict:
     return out
 
 
-def samples(run_dir: Path, train_text: str) -> dict:
-    state, cfg, vocab, meta = restore(run_dir)
-    prime = meta["seeds"][0]
-    out = {"prime": prime}
-    for t in TEMPERATURES:
-        many = generate(state.params, cfg, vocab, prime, length=1000, temperature=t, seed=1, num_samples=8)
-        out[str(t)] = {"sample": many[0][:400], "memorised_20gram_share": memorised_share(many, train_text)}
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--text", required=True)
     p.add_argument("--name", required=True, help="names the results file and run dirs (alice, code, manual)")
     p.add_argument("--preset", nargs="*", default=["best"], help="presets to train and score")
     p.add_argument("--budget", type=float, help="--max-time per run (default: the preset's)")
-    p.add_argument("--ablation", nargs="*", choices=sorted(ABLATIONS), metavar="VARIANT",
-                   help=f"train `best` with each regulariser removed in turn (or only the VARIANTs named: "
-                        f"{', '.join(ABLATIONS)})")
     p.add_argument("--train-flags", default="", help="more train.py flags for every run, e.g. '--embed-dropout 0.1'")
-    p.add_argument("--tune-dynamic", action="store_true", help="grid of dynamic settings on the validation slice")
     p.add_argument("--skip-training", action="store_true", help="score the runs already in bench/results/runs")
     p.add_argument("--samples", action="store_true", help="samples and memorisation for each preset")
     args = p.parse_args()
@@ -154,26 +101,19 @@ def main() -> None:
     report["compressors_test"] = compressed_cost(text[:test_start], text[test_start:])
     report["compressors_val"] = compressed_cost(text[:val_start], text[val_start:test_start])
     runs = report.setdefault("runs", {})
-    ablating = args.ablation is not None
-    variants = ([("best", v, flags) for v, flags in ABLATIONS.items() if not args.ablation or v in args.ablation]
-                if ablating else [(preset, preset, []) for preset in args.preset])
-    for preset, variant, flags in variants:
-        key = f"ablation-{variant}" if ablating else variant
+    for key in args.preset:
         run_dir = RESULTS / "runs" / f"{args.name}-{key}"
         if not args.skip_training:
             t0 = time.perf_counter()
-            train_run(run_dir, args.text, preset, args.budget, args.train_flags.split() + flags)
+            train_run(run_dir, args.text, key, args.budget, args.train_flags.split())
             runs[key] = {"train_seconds": time.perf_counter() - t0, "budget_minutes": args.budget}
         entry = runs.setdefault(key, {})
         metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
         entry["epochs"] = len(metrics)
         entry["val"] = min(m["val_loss"] for m in metrics)
-        if args.tune_dynamic:
-            vocab = restore(run_dir)[2]
-            entry["dynamic_val_grid"] = tune_dynamic(run_dir, vocab.encode(text), val_start, test_start)
         entry["test"] = score_test(run_dir, args.text)
         if args.samples:
-            entry["samples"] = samples(run_dir, text[:val_start])
+            entry["samples"] = {str(t): sample_stats(str(run_dir), text[:val_start], t) for t in TEMPERATURES}
         out_file.write_text(json.dumps(report, indent=1))
 
     ppmd = report["compressors_test"]["ppmd-order10"]

@@ -26,13 +26,16 @@ TOP_UNITS = 3        # units kept per hypothesis (with their activations, to col
 SPAN_UNITS = 10      # units ranked for a selected span
 
 
-def encode_text(text: str, vocab, cfg, limit: int) -> np.ndarray:
+def encode_text(text: str, vocab, cfg, limit: int, *, whole_file: bool = False) -> np.ndarray:
     """The text as the checkpoint's training cleaned it, as ids; CharlmError when it is empty, over
-    `limit` chars or has chars outside the vocabulary."""
+    `limit` chars or has chars outside the vocabulary. A `whole_file` also loses its Gutenberg
+    header and licence, as a training file does, and is cut to its first `limit` chars."""
     from charlm.corpus import clean_text
 
     d = cfg.data
-    cleaned = clean_text(text, lowercase=d.lowercase, strip=False, strip_punctuation=d.strip_punctuation)
+    cleaned = clean_text(text, lowercase=d.lowercase, strip=whole_file, strip_punctuation=d.strip_punctuation)
+    if whole_file:
+        cleaned = cleaned[:limit]
     if len(cleaned) < 2:
         raise CharlmError("the text needs at least 2 chars: the first has no past to be scored from")
     if len(cleaned) > limit:
@@ -117,7 +120,8 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="charlm-inspect", description="Look inside a model on a text: each char's surprisal and the "
                 "model's guesses, the units that track quotes, lines and words, and how often its gates saturate.")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory written by train.py, or base")
-    p.add_argument("--text", required=True, metavar="FILE", help="the text to inspect (cleaned as in training)")
+    p.add_argument("--text", required=True, metavar="FILE",
+                   help="the text to inspect, cleaned as in training (Gutenberg header and licence dropped)")
     p.add_argument("--limit", type=int, default=5000,
                    help=f"use at most this many chars from the text's start (default: %(default)s; at most {MAX_CHARS})")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report here")
@@ -138,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from charlm.corpus import read_text
 
         state, cfg, vocab, _ = restore(args.ckpt)
-        text = read_text(args.text, args.encoding, args.errors)[:args.limit]
-        report = inspection(state.params, cfg, vocab, encode_text(text, vocab, cfg, args.limit))
+        text = read_text(args.text, args.encoding, args.errors)
+        report = inspection(state.params, cfg, vocab, encode_text(text, vocab, cfg, args.limit, whole_file=True))
         print(f"{len(report['chars'])} chars, {report['bits_per_char']:.4f} bits/char "
               f"({cfg.model.layers}x{cfg.model.hidden} {cfg.model.cell.upper()})")
         if args.units or not (args.html or args.json):

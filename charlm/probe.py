@@ -88,7 +88,7 @@ def _trace(params, cfg: ModelConfig, ids_N):
     x, layers = None, []
     for layer in range(cfg.layers):
         p = params[f"{cfg.cell}_{layer}"]
-        W, b = p["input_kernel"], p["bias"]
+        W, b = p["input_kernel"], p["bias"][None, :]
         if layer > 0:
             z_in = x @ W + b
         elif cfg.input_encoding == "onehot":
@@ -100,7 +100,7 @@ def _trace(params, cfg: ModelConfig, ids_N):
         acts = _CELLS[cfg.cell](z_in, p, cfg.hidden, dtype)
         layers.append(acts)
         x = acts["h"]
-    logits = x @ params["output"]["kernel"] + params["output"]["bias"]
+    logits = x @ params["output"]["kernel"] + params["output"]["bias"][None, :]
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), layers
 
 
@@ -223,7 +223,8 @@ def hypotheses(text: str) -> list[Hypothesis]:
     word_start = letter.copy()
     word_start[1:] &= ~letter[:-1]
     found = [
-        Hypothesis("inside quotes", _between(text, '"', '"') | _between(text, "\u201c", "\u201d")),
+        Hypothesis("inside quotes", _between(text, '"', '"') | _between(text, "\u201c", "\u201d")
+                   | _between(_single_quotes(text), "\u2018", "\u2019")),
         Hypothesis("inside parentheses", _between(text, "(", ")")),
         Hypothesis("past the middle of the line", (column > line_length / 2) & (chars != "\n")),
         Hypothesis("just after a newline", after_newline),
@@ -247,6 +248,24 @@ def _between(text: str, opening: str, closing: str) -> np.ndarray:
             depth -= 1
         inside[i] = depth > 0
     return inside
+
+
+def _single_quotes(text: str) -> str:
+    """The text with each straight single quote that opens or closes a quotation made a curly one
+    (Alice's dialogue is 'quoted' so); one between two letters is an apostrophe and stays."""
+    chars = list(text)
+    for i, c in enumerate(text):
+        if c != "'":
+            continue
+        before = text[i - 1] if i > 0 else " "
+        after = text[i + 1] if i + 1 < len(text) else " "
+        if before.isalnum() and after.isalnum():
+            continue  # don't, that's
+        if not before.isalnum() and not after.isspace():
+            chars[i] = "\u2018"
+        elif not before.isspace() and not after.isalnum():
+            chars[i] = "\u2019"
+    return "".join(chars)
 
 
 def _two_sided(h: Hypothesis) -> bool:

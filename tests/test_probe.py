@@ -122,13 +122,17 @@ def test_hypotheses_mark_the_chars_they_name():
     text = 'he said "no (not yet)" and\nleft. "ok"'
     found = {h.name: h for h in probe.hypotheses(text)}
     marked = lambda name: "".join(c if m else "_" for c, m in zip(text, found[name].chosen))
-    assert marked("inside quotes") == '________"no (not yet)__________________"ok_'
-    assert marked("inside parentheses") == "____________(not yet_______________________"[:len(text)]
-    assert marked("just after a newline") == "".join("l" if i == text.index("\n") + 1 else "_" for i in range(len(text)))
-    assert marked("start of a word").replace("_", "") == "hsnnyalok"
+    assert marked("inside quotes").replace("_", "") == '"no (not yet)"ok'  # the opening mark in, the closing one out
+    assert marked("inside parentheses").replace("_", "") == "(not yet" and not found["inside parentheses"].chosen[-1]
+    assert marked("just after a newline").replace("_", "") == "l" and text[found["just after a newline"].chosen.argmax() - 1] == "\n"
+    assert marked("start of a word").replace("_", "") == "hsnnyalo"
     vowels = found["vowel (among letters)"]
     assert vowels.chosen[text.index("e")] and not vowels.among[text.index(" ")]
     assert "inside parentheses" not in {h.name for h in probe.hypotheses("no brackets here\nat all")}
+    alice = "'don't,' said alice's sister. 'no!'"  # straight single quotes; apostrophes are not quotes
+    quoted = probe.hypotheses(alice)[0]
+    assert quoted.name == "inside quotes"
+    assert "".join(c if m else "_" for c, m in zip(alice, quoted.chosen)).replace("_", "") == "'don't,'no!"
 
 
 def test_saturation_counts_gates_below_and_above():
@@ -155,7 +159,7 @@ def test_the_report_holds_per_char_numbers_units_and_a_span_ranking():
     assert len(report["surprisal_bits"]) == len(report["guesses"]) == n and report["surprisal_bits"][0] is None
     assert all(len(g) == 5 for g in report["guesses"]) and abs(sum(p for _, p in report["guesses"][0]) - 1) < 1
     assert {h["name"] for h in report["hypotheses"]} >= {"inside quotes", "inside parentheses", "start of a word"}
-    assert len(report["span"]["top"]) == 10 and report["span"]["start"] == 12
+    assert len(report["span"]["top"]) == 8 == report["model"]["units"] and report["span"]["start"] == 12  # all 8 ranked
     shown = {u["unit"] for h in report["hypotheses"] for u in h["top"]} | {u["unit"] for u in report["span"]["top"]}
     assert set(report["activations"]) == shown | {"L1.h3"} and all(len(a) == n for a in report["activations"].values())
     assert set(report["saturation"][0]["gates"]) == {"r", "u"}
@@ -191,4 +195,6 @@ def test_charlm_inspect_writes_a_self_contained_report_and_json(trained_run, tmp
     page = html.read_text()
     assert len(report["chars"]) == 600 and '"bits_per_char"' in page
     assert "http://" not in page and "https://" not in page and "<script src" not in page  # nothing from the network
-    assert main(["--ckpt", str(ck), "--text", str(text_path), "--limit", "1"]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        main(["--ckpt", str(ck), "--text", str(text_path), "--limit", "1"])
+    assert stopped.value.code == 2 and "--limit must be between 2 and 20000" in capsys.readouterr().err

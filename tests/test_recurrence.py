@@ -87,44 +87,37 @@ def test_gradients_match_autodiff_of_textbook_step(projected, masked):
         np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
 
 
+def check_single_state_cell(ours, textbook_cell, gates: int, projected: bool, masked: bool, extra=()):
+    """A cell whose state is h alone (GRU, RNN): its gradients against autodiff of the textbook step.
+    `extra`: parameters between U and h0 (the GRU's recurrent bias)."""
+    with jax.enable_x64(True):
+        x, W, b, U, _, h0, mask = inputs(projected, masked, gates=gates)
+        r = jax.random.normal(jax.random.key(1), (T, B, H), jnp.float64)
+
+        def loss(run, *a):
+            h, hs = run(*a, mask)
+            return jnp.sum(hs * r) + jnp.sum(jnp.sin(h))
+        args = (x, W, b, U, *extra, h0) if not projected else (x, U, *extra, h0)
+        full = (lambda a: a) if not projected else (lambda a: (a[0], None, None, *a[1:]))
+        argnums = tuple(range(len(args)))
+        value, grads = jax.value_and_grad(lambda *a: loss(ours, *full(a)), argnums)(*args)
+        ref_value, ref_grads = jax.value_and_grad(lambda *a: loss(textbook_cell, *full(a)), argnums)(*args)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    for g, rg in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("projected", [False, True], ids=["x@W-inside", "pre-projected"])
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
 def test_gru_gradients_match_autodiff_of_textbook_step(projected, masked):
     with jax.enable_x64(True):
-        x, W, b, U, _, h0, mask = inputs(projected, masked, gates=3)
         bh = 0.3 * jax.random.normal(jax.random.key(7), (3 * H,), jnp.float64)
-        r = jax.random.normal(jax.random.key(1), (T, B, H), jnp.float64)
-
-        def loss(run, x, W, b, U, bh, h0):
-            h, hs = run(x, W, b, U, bh, h0, mask)
-            return jnp.sum(hs * r) + jnp.sum(jnp.sin(h))
-        args = (x, W, b, U, bh, h0) if not projected else (x, U, bh, h0)
-        full = (lambda a: a) if not projected else (lambda a: (a[0], None, None, *a[1:]))
-        argnums = tuple(range(len(args)))
-        value, grads = jax.value_and_grad(lambda *a: loss(gru_recurrence, *full(a)), argnums)(*args)
-        ref_value, ref_grads = jax.value_and_grad(lambda *a: loss(textbook_gru, *full(a)), argnums)(*args)
-    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
-    for g, rg in zip(grads, ref_grads):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
+    check_single_state_cell(gru_recurrence, textbook_gru, 3, projected, masked, extra=(bh,))
 
 
 @pytest.mark.parametrize("projected, masked", [(False, False), (True, True)], ids=["x@W-inside", "pre-projected-mask"])
 def test_rnn_gradients_match_autodiff_of_textbook_step(projected, masked):
-    with jax.enable_x64(True):
-        x, W, b, U, _, h0, mask = inputs(projected, masked, gates=1)
-        r = jax.random.normal(jax.random.key(1), (T, B, H), jnp.float64)
-
-        def loss(run, x, W, b, U, h0):
-            h, hs = run(x, W, b, U, h0, mask)
-            return jnp.sum(hs * r) + jnp.sum(jnp.sin(h))
-        args = (x, W, b, U, h0) if not projected else (x, U, h0)
-        full = (lambda a: a) if not projected else (lambda a: (a[0], None, None, *a[1:]))
-        argnums = tuple(range(len(args)))
-        value, grads = jax.value_and_grad(lambda *a: loss(rnn_recurrence, *full(a)), argnums)(*args)
-        ref_value, ref_grads = jax.value_and_grad(lambda *a: loss(textbook_rnn, *full(a)), argnums)(*args)
-    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
-    for g, rg in zip(grads, ref_grads):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-9, atol=1e-12)
+    check_single_state_cell(rnn_recurrence, textbook_rnn, 1, projected, masked)
 
 
 def test_bfloat16_matmuls_stay_close_to_float32():

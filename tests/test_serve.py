@@ -203,7 +203,7 @@ def test_the_inspect_view_in_a_headless_browser(server):
         field("input").clear()
         field("input").send_keys("alice was beginning to get very tired of sitting")
         field("inspect").click()
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#text span")) == 49)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#text span")) == 48)
         assert "bits/char" in field("bpc").text
         chars = browser.find_elements(By.CSS_SELECTOR, "#text span")
         assert chars[5].value_of_css_property("background-color") != chars[0].value_of_css_property("background-color")
