@@ -2,9 +2,18 @@
 
     charlm-serve --ckpt checkpoints            # then open http://127.0.0.1:8000
 
-The server is the standard library's ThreadingHTTPServer: one thread per request, so two
-browsers generating at once both get their text (JAX releases the GIL while it computes), and
-nothing to install. A generation streams as NDJSON lines, {"text": ...} per jitted chunk, then
+The server is the standard library's ThreadingHTTPServer, grown to hold a classroom: one
+thread per request (JAX releases the GIL while it computes, so generations run side by side), a
+listen queue of 128 (the default 5 reset connections when 32 clients pressed Generate at once),
+at most --max-streams generations or inspections at a time (more get 503 "busy, try again"), a
+socket timeout that drops a request still unsent after REQUEST_TIMEOUT seconds, one log line per
+request and never a traceback, and only requests meant for it: the Host must be an IP address,
+localhost or a name given with --allow-host (a name that merely resolves to this machine, as in
+DNS rebinding, is refused), and a request a browser sends from another site (its Origin is not
+this server) is refused. Why not uvicorn and starlette: their concurrency limit counts open
+connections, keep-alive ones included, not running generations; uvicorn has no deadline for a
+request's headers; and the generation is blocking JAX work that would run in a thread pool
+anyway. A generation streams as NDJSON lines, {"text": ...} per jitted chunk, then
 {"done": ...}; the page reads them with fetch and a stream reader, and its Stop button aborts
 the fetch, which ends the generation at the next chunk. Every request parameter has a limit,
 and a bad request gets a 4xx with {"error": message}, never a traceback.
@@ -25,6 +34,8 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
+import ipaddress
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -49,6 +60,9 @@ OPTIONAL = {"top_k", "top_p", "no_repeat_ngram", "seed"}
 MAX_PRIME = 2000
 MAX_INSPECT = 2000  # chars per Inspect request: a 2,000-char text is inspected within a second on a 2-core CPU
 MAX_UNITS = 16      # units whose activations one Inspect request may ask for
+MAX_STREAMS = 32    # generations and inspections at once (a class of 30); more are answered "busy"
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request (and to take each chunk)
+LOCAL_NAMES = ("localhost",)
 
 
 class BadRequest(Exception):
@@ -178,12 +192,51 @@ def _json_object(body: bytes, allowed: set[str]) -> dict:
     return request
 
 
-def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
+def host_allowed(host_header: str | None, allowed_names: Sequence[str]) -> bool:
+    """Whether a request's Host names this server: an IP address (what a class types), localhost,
+    or a name given with --allow-host. Any other name may be a DNS-rebinding page's."""
+    if not host_header:
+        return False
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]").lower()
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in LOCAL_NAMES or host in {n.lower() for n in allowed_names}
+
+
+def make_handler(app: App, allowed_names: Sequence[str] = (), max_streams: int = MAX_STREAMS
+                 ) -> type[BaseHTTPRequestHandler]:
+    slots = threading.BoundedSemaphore(max_streams)
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "charlm-serve"
+        timeout = REQUEST_TIMEOUT  # a request still unsent after this is dropped, its thread freed
 
         def log_message(self, format, *args):  # one quiet line per request on stderr
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+        def _refused(self) -> bool:
+            """Answers 403 to a request not meant for this server (foreign Host, or a page on another site)."""
+            host, origin = self.headers.get("Host"), self.headers.get("Origin")
+            if not host_allowed(host, allowed_names):
+                self._json(HTTPStatus.FORBIDDEN, {"error": f"this server does not answer for the name {host!r}; "
+                                                  f"start charlm-serve with --allow-host NAME to allow it"})
+                return True
+            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+                self._json(HTTPStatus.FORBIDDEN, {"error": f"requests from pages on other sites ({origin}) are refused"})
+                return True
+            return False
+
+        def _busy(self) -> None:
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            body = json.dumps({"error": f"busy: {max_streams} generations are running; try again in a moment"}).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Retry-After", "2")
+            self.end_headers()
+            self.wfile.write(body)
 
         def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
             self.send_response(status)
@@ -197,6 +250,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(obj).encode(), "application/json")
 
         def do_GET(self):
+            if self._refused():
+                return
             if self.path in ("/", "/index.html"):
                 page = resources.files("charlm").joinpath("web/index.html").read_bytes()
                 self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
@@ -212,6 +267,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
 
         def do_POST(self):
+            if self._refused():
+                return
             if self.path not in ("/api/generate", "/api/inspect"):
                 return self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
             try:
@@ -221,16 +278,22 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             if not 0 <= size <= MAX_BODY:
                 self.close_connection = True
                 return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the request is over {MAX_BODY} bytes"})
+            body = self.rfile.read(size)  # the socket timeout drops a body that never comes
+            if len(body) < size:
+                self.close_connection = True
+                return
+            if not slots.acquire(blocking=False):
+                return self._busy()
             try:
-                body = self.rfile.read(size)
                 if self.path == "/api/inspect":
                     return self._json(HTTPStatus.OK, app.inspect(body))
-                pieces = app.generate(app.parse(body))
+                self._stream(app.generate(app.parse(body)))
             except BadRequest as e:
                 return self._json(e.status, {"error": str(e)})
             except CharlmError as e:
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
-            self._stream(pieces)
+            finally:
+                slots.release()
 
         def _stream(self, pieces: Iterator[str]) -> None:
             # No Content-Length: the body ends when the connection closes (HTTP/1.0 style).
@@ -246,17 +309,29 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                     self.wfile.flush()
                 self.wfile.write((json.dumps({"done": True, "chars": chars,
                                               "seconds": round(time.monotonic() - started, 3)}) + "\n").encode())
-            except (BrokenPipeError, ConnectionResetError):  # the page pressed Stop or went away
+            except OSError:  # the page pressed Stop or went away (or stopped reading): stop generating
                 pass
+            finally:
+                if hasattr(pieces, "close"):
+                    pieces.close()
             self.close_connection = True
 
     return Handler
 
 
-def make_server(app: App, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(app))
-    server.daemon_threads = True
-    return server
+class ClassroomServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a class pressing Generate at once waits, not resets
+
+    def handle_error(self, request, client_address) -> None:
+        """One line, not a traceback, for whatever a client did (hung up, timed out, sent junk)."""
+        e = sys.exc_info()[1]
+        sys.stderr.write(f"{client_address[0]} dropped: {type(e).__name__}: {e}\n")
+
+
+def make_server(app: App, host: str = "127.0.0.1", port: int = 8000, *, allowed_names: Sequence[str] = (),
+                max_streams: int = MAX_STREAMS) -> ThreadingHTTPServer:
+    return ClassroomServer((host, port), make_handler(app, allowed_names, max_streams))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -266,6 +341,12 @@ def parser() -> argparse.ArgumentParser:
                    help="address to listen on; 0.0.0.0 opens it to your network (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--context", choices=("stateful", "window"), default="stateful", help="as sample.py's")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name the page may be reached by (repeatable); IP addresses and localhost always "
+                        "work, other names are refused so that a web page cannot drive the server through DNS")
+    p.add_argument("--max-streams", type=int, default=MAX_STREAMS,
+                   help="generations and inspections at once; more get a 'busy, try again' answer "
+                        "(default: %(default)s)")
     return p
 
 
@@ -277,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = App(args.ckpt)
         app.context = args.context
         try:
-            server = make_server(app, args.host, args.port)
+            server = make_server(app, args.host, args.port, allowed_names=args.allow_host,
+                                 max_streams=args.max_streams)
         except OSError as e:
             raise CharlmError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
         app.warm_up()

@@ -230,3 +230,115 @@ def test_the_inspect_view_in_a_headless_browser(server):
         wait.until(lambda b: "the limit is 2000" in field("error").text)
     finally:
         browser.quit()
+
+
+class running:
+    """Another server over the same app, with its own limits, for the tests that need them."""
+
+    def __init__(self, app, **kw):
+        self.httpd = make_server(app, "127.0.0.1", 0, **kw)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def slowed(app, monkeypatch, sent):
+    fast = app.generate
+
+    def slowly(params):
+        for piece in fast(params):
+            time.sleep(0.05)
+            sent.append(piece)
+            yield piece
+    monkeypatch.setattr(app, "generate", slowly)
+
+
+def raw_request(port, head: bytes, read: bool = True) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head)
+        return s.makefile("rb").read() if read else b""
+
+
+def test_beyond_its_streams_the_server_answers_busy_and_a_client_that_leaves_frees_its_slot(server, monkeypatch):
+    import socket
+
+    sent = []
+    slowed(server.app, monkeypatch, sent)
+    body = json.dumps({"prime": "alice", "length": 3000, "temperature": 1.0}).encode()
+    head = (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with running(server.app, max_streams=2) as srv:
+        clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
+        for c in clients:
+            c.sendall(head)
+            assert c.recv(100).startswith(b"HTTP/1.0 200")
+        status, _, payload = request(srv.url + "/api/generate", {"prime": "alice"})
+        assert status == 503 and "busy" in json.loads(payload)["error"]
+        for c in clients:  # both leave mid-stream
+            c.close()
+        time.sleep(0.5)
+        stopped_at = len(sent)
+        time.sleep(0.5)
+        assert len(sent) == stopped_at < 2 * 3000 // 32, "the server stopped generating for them"
+        monkeypatch.undo()
+        status, _, payload = request(srv.url + "/api/generate", {"prime": "alice", "length": 50})
+        assert status == 200 and len(generated(payload)[0]) == 50, "their slots are free again"
+
+
+def test_a_request_that_never_finishes_sending_is_dropped_after_its_timeout(server, monkeypatch):
+    from charlm import serve
+
+    monkeypatch.setattr(serve, "REQUEST_TIMEOUT", 0.5)
+    with running(server.app) as srv:
+        t0 = time.monotonic()
+        answer = raw_request(srv.port, b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        assert answer == b"" and time.monotonic() - t0 < 5
+        assert request(srv.url + "/api/model")[0] == 200
+
+
+def test_only_requests_meant_for_it_are_answered(server):
+    def with_headers(url, headers, body=None):
+        req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    with running(server.app, allowed_names=["teacher.local"]) as srv:
+        card = srv.url + "/api/model"
+        status, payload = with_headers(card, {"Host": "rebound.example.com"})  # DNS rebinding: a name resolving here
+        assert status == 403 and "--allow-host" in json.loads(payload)["error"]
+        assert with_headers(card, {"Host": f"teacher.local:{srv.port}"})[0] == 200
+        assert with_headers(card, {"Host": f"localhost:{srv.port}"})[0] == 200
+        assert with_headers(card, {"Host": f"192.168.1.20:{srv.port}"})[0] == 200  # a LAN address, as a class types it
+        gen = srv.url + "/api/generate"
+        status, payload = with_headers(gen, {"Origin": "https://evil.example"}, {"prime": "alice", "length": 10})
+        assert status == 403 and "other sites" in json.loads(payload)["error"]
+        status, _ = with_headers(gen, {"Origin": f"http://127.0.0.1:{srv.port}"}, {"prime": "alice", "length": 10})
+        assert status == 200
+
+
+def test_clients_that_hang_up_leave_one_log_line_each_and_no_traceback(server, capfd):
+    body = json.dumps({"prime": "alice", "length": 3000}).encode()
+    head = (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with running(server.app) as srv:
+        capfd.readouterr()
+        for _ in range(10):
+            raw_request(srv.port, head, read=False)  # sends and hangs up at once
+        raw_request(srv.port, b"GARBAGE\r\n\r\n")
+        raw_request(srv.port, b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\n", read=False)
+        time.sleep(1.0)
+        assert request(srv.url + "/api/model")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert len(err.strip().splitlines()) <= 13, err

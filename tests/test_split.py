@@ -9,7 +9,6 @@ import charlm.dataset as dataset
 import charlm.trainer as trainer
 from charlm.config import make_run_config
 from charlm.data import split_point
-from charlm.corpus import clean_text
 from charlm.dataset import epoch_batches, held_out_splits, prepare_corpus, summary_lines, training_windows
 from charlm.errors import CharlmError
 
@@ -72,20 +71,6 @@ def test_training_never_passes_test_chars_to_the_validation_pass(monkeypatch, wo
     assert meta["corpus"]["test_start"] == test_start and meta["corpus"]["chars"] == n
     assert meta["config"]["data"]["test_frac"] == 0.1
 
-    # the benchmark's dynamic-evaluation tuning is handed the text without its test tail
-    from bench import generalisation
-    lengths = []
-    monkeypatch.setattr(generalisation, "RMS_GRID", generalisation.RMS_GRID[:1])
-    monkeypatch.setattr(generalisation, "SGD_GRID", generalisation.SGD_GRID[:1])
-    for name in ("dynamic_nll", "gradient_rms", "tail_nll"):
-        def spy(params, cfg, tokens, *args, _real=getattr(generalisation, name)):
-            before = args[0] if args and isinstance(args[0], np.ndarray) else None
-            lengths.append(len(tokens) + (0 if before is None else len(before)))
-            return _real(params, cfg, tokens, *args)
-        monkeypatch.setattr(generalisation, name, spy)
-    vocab_tokens = corpus.vocab.encode(clean_text(text))
-    generalisation.tune_dynamic(tmp_path / "ck", vocab_tokens, val_start, test_start)
-    assert lengths and max(lengths) <= test_start
 
 
 def test_fractions_that_leave_no_training_text_are_refused():
