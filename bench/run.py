@@ -198,14 +198,7 @@ def main() -> None:
                    help="implementations to time (default: %(default)s)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3; 1 with --quick)")
     p.add_argument("--baseline", metavar="REV", help="also time charlm at git revision REV (impl charlm-base)")
-    p.add_argument("--pool", nargs="+", metavar="JSON",
-                   help="runs nothing: prints the medians over all rounds of these result files together "
-                        "(several runs on a noisy machine)")
     args = p.parse_args()
-    if args.pool:
-        raw = [r for f in args.pool for r in json.loads(Path(f).read_text())["raw"]]
-        print(table(summarize(raw)))
-        return
     s = dict(QUICK if args.quick else FULL)
     s.update({"rounds": args.rounds} if args.rounds is not None else {})
     text = str(Path(args.text).resolve())
