@@ -14,7 +14,7 @@ from charlm.config import make_run_config
 from charlm.data import gather_batch
 from charlm.model import CharLSTM, init_params, zero_carry
 from charlm.training import batch_loss, create_train_state, eval_params, make_optimizer, stateful_train_step
-from tests.test_recurrence import textbook, textbook_gru
+from tests.test_recurrence import textbook, textbook_gru, textbook_rnn
 
 V, B, T, H = 7, 4, 8, 6  # every size differs
 
@@ -38,7 +38,7 @@ def batch():
 
 @pytest.mark.parametrize("reg, cell, encoding",
                          [(r, "lstm", "embed") for r in sorted(REGULARISERS) if r != "all"]
-                         + [("all", c, e) for c in ("lstm", "gru") for e in ("embed", "onehot")])
+                         + [("all", c, e) for c in ("lstm", "gru") for e in ("embed", "onehot")] + [("all", "rnn", "onehot")])
 def test_gradients_match_autodiff_of_the_textbook_step_with_each_regulariser(monkeypatch, reg, cell, encoding):
     """The same dropout key draws the same masks in both models; only the recurrence differs."""
     cfg = model_cfg(cell=cell, input_encoding=encoding, **REGULARISERS[reg])
@@ -54,6 +54,7 @@ def test_gradients_match_autodiff_of_the_textbook_step_with_each_regulariser(mon
     ours = grads()
     monkeypatch.setattr(model_module, "lstm_recurrence", lambda x, W, b, U, c0, h0, m, _: textbook(x, W, b, U, c0, h0, m))
     monkeypatch.setattr(model_module, "gru_recurrence", lambda x, W, b, U, bh, h0, m, _: textbook_gru(x, W, b, U, bh, h0, m))
+    monkeypatch.setattr(model_module, "rnn_recurrence", lambda x, W, b, U, h0, m, _: textbook_rnn(x, W, b, U, h0, m))
     reference = grads()
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(reference)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-9, atol=1e-12, err_msg=str(path))
