@@ -9,7 +9,6 @@ peer draws the same batches from it with the same seed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -155,7 +154,6 @@ def peer_main(impl: str, make_step: StepMaker, tasks: dict[str, Task], versions:
     p.add_argument("task", choices=sorted(tasks))
     p.add_argument("--text", default=DEFAULT_TEXT)
     p.add_argument("--setup", choices=sorted(SETUPS), default="seed-small", help="train: the configuration")
-    p.add_argument("--batch", type=int, help="train: windows per step (default: the setup's)")
     p.add_argument("--warmup", type=int, default=3, help="train: untimed steps after the first")
     p.add_argument("--steps", type=int, default=20, help="train: timed steps")
     p.add_argument("--chars", type=int, default=1000, help="sample: chars per stateful stream")
@@ -174,8 +172,6 @@ def peer_main(impl: str, make_step: StepMaker, tasks: dict[str, Task], versions:
 def train_task(args: argparse.Namespace, tokens: np.ndarray, vocab_size: int, make_step: StepMaker) -> dict:
     """Every peer's `train` task: same batches, same timing, same record."""
     setup = SETUPS[args.setup]
-    if args.batch:  # the GPU script also times each setup at batch 1024
-        setup = dataclasses.replace(setup, batch=args.batch)
     batches = fixed_batches(tokens, setup, 1 + args.warmup + args.steps)
     timing = time_steps(make_step(setup, vocab_size), batches, 1 + args.warmup)
     return {"setup": args.setup, **asdict(setup), "vocab_size": vocab_size,
@@ -190,29 +186,22 @@ def busy_cpu_seconds() -> float:
     return (sum(jiffies[:3]) + sum(jiffies[5:8])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_child(cmd: list[str], cwd: str, timeout: float, env: dict | None = None, mark: str | None = None) -> dict:
+def run_child(cmd: list[str], cwd: str, timeout: float, env: dict | None = None) -> dict:
     """Runs `cmd` to completion and returns its exit code, stdout, the tail of its stderr, wall
     seconds and its own peak RSS: os.wait4 reports the rusage of that one child, where
-    RUSAGE_CHILDREN would give the maximum over every child waited for so far. With `mark`,
-    `mark_s` is the second at which a stdout line starting with it first appeared.
+    RUSAGE_CHILDREN would give the maximum over every child waited for so far.
 
     `other_cores` is the CPU that everything else on the machine used meanwhile, in cores
     (machine busy time minus the child's own, over wall time): above ~0.1 the figures are
     disturbed, and OpenMP peers such as PyTorch slow down many times when a core is taken.
     """
     busy0 = busy_cpu_seconds()
-    mark_s = None
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err)
         killer = threading.Timer(timeout, p.kill)
         killer.start()
-        lines = []
-        for line in p.stdout:
-            if mark is not None and mark_s is None and line.startswith(mark.encode()):
-                mark_s = time.perf_counter() - t0
-            lines.append(line)
-        out = b"".join(lines)
+        out = p.stdout.read()
         _, status, usage = os.wait4(p.pid, 0)
         killer.cancel()
         wall = time.perf_counter() - t0
@@ -222,5 +211,5 @@ def run_child(cmd: list[str], cwd: str, timeout: float, env: dict | None = None,
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     return {"rc": p.returncode, "stdout": out.decode(errors="replace"), "stderr_tail": stderr[-2000:],
-            "wall_s": wall, "child_peak_rss_mb": usage.ru_maxrss / 1024, "mark_s": mark_s,
+            "wall_s": wall, "child_peak_rss_mb": usage.ru_maxrss / 1024,
             "other_cores": max(0.0, other)}
