@@ -1,7 +1,9 @@
-"""Fine-tuning the base model on Alice (issue 21), beside `best` from scratch, one run at a time.
+"""Held-out runs on one text: the base model fine-tuned (issue 21), presets from scratch, and the
+compressors on the same split, one run at a time.
 
     python -m bench.finetune --runs zero-shot finetune-5 finetune-15 best-15 finetune-no-base-5 --dynamic
     python -m bench.finetune --runs cand-lr2e-3 cand-lr1e-3 cand-light-lr1e-3 ...   # the preset's candidates
+    python -m bench.finetune --runs best-15 --compressors --dynamic --text OTHER.txt --out bench/results/X.json
 
 Every Alice run holds out the same test tail (`--test-frac 0.1`, the 14,444-char tail) and
 validation slice (`--val-frac 0.1`): the candidates are compared on their best val loss, which
@@ -9,8 +11,9 @@ is what picks the `finetune` preset; the tail is scored once per run afterwards 
 `charlm.evaluate --val-frac 0.1` (and with `--dynamic`). "zero-shot" scores the base with no
 fine-tuning. Each run's samples (8 x 500 chars at T 1.0 and 0.8, seeds fixed) give the share of
 real words (alphabetic runs of 2+ letters found in Alice's training part or the system word
-list) and the share of 20-char substrings found verbatim in the training part. Writes
-bench/results/finetune-base.json and prints a table.
+list) and the share of 20-char substrings found verbatim in the training part. --compressors
+adds PPMd, bzip2 and xz on the same split, each given the text before the slice (this was
+bench/generalisation.py until 10fc6c2). Writes bench/results/finetune-base.json and a table.
 """
 
 from __future__ import annotations
@@ -85,6 +88,29 @@ def training_part(text: str) -> str:
     return corpus.vocab.decode(corpus.train_tokens)
 
 
+def compressors(text_path: str) -> dict:
+    """nats/char of the test tail and the validation slice for each compressor: compressed(text
+    before + slice) - compressed(text before), over the slice's chars."""
+    import bz2
+    import lzma
+    import math
+
+    import pyppmd
+
+    from charlm.corpus import clean_text, read_text
+    from charlm.dataset import held_out_splits
+
+    text = clean_text(read_text(text_path))  # as the runs' config cleans it: lowercase, Gutenberg wrapper dropped
+    test_start, val_start = held_out_splits(len(text), 0.1, 0.1)
+    coders = {"ppmd-order10": lambda b: pyppmd.compress(b, max_order=10), "bzip2-9": lambda b: bz2.compress(b, 9),
+              "xz-9e": lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME)}
+
+    def cost(head: str, tail: str) -> dict:
+        h, w = head.encode("utf-8"), (head + tail).encode("utf-8")
+        return {name: 8 * (len(c(w)) - len(c(h))) / len(tail) * math.log(2) for name, c in coders.items()}
+    return {"test": cost(text[:test_start], text[test_start:]), "val": cost(text[:val_start], text[val_start:test_start])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--define", action="append", default=[], metavar="NAME|MINUTES|FLAGS",
@@ -92,6 +118,7 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=["zero-shot", "finetune-5", "finetune-15", "best-15"])
     p.add_argument("--text", default=str(REPO.parent / "shared/data/wonderland.txt"))
     p.add_argument("--dynamic", action="store_true", help="also score the tail with dynamic evaluation")
+    p.add_argument("--compressors", action="store_true", help="also PPMd, bzip2 and xz on the same split")
     p.add_argument("--work", default="/tmp/charlm-finetune-base")
     p.add_argument("--out", default=str(REPO / "bench/results/finetune-base.json"))
     args = p.parse_args()
@@ -107,6 +134,9 @@ def main() -> None:
     record = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     record["command"] = " ".join(sys.argv)
     train_text = training_part(args.text)
+    if args.compressors:
+        record["compressors"] = compressors(args.text)
+        print("compressors, nats/char:", json.dumps(record["compressors"]), flush=True)
     for name in args.runs:
         spec = RUNS[name]
         ckpt = "base"

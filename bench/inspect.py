@@ -2,11 +2,10 @@
 
     python -m bench.inspect --ckpt DIR --text ../shared/data/wonderland.txt --screenshot docs/inspect.png
 
-On the text's last --chars chars (for a checkpoint trained with --test-frac 0.1, text it never
-trained on): each hypothesis's best unit, its AUC and Cohen's d, and its AUC on the --chars
-before (the best of hundreds of units flatters itself on the slice it was picked on); gate
+On the text's last --chars chars: each hypothesis's best unit, its AUC and Cohen's d, and its
+AUC on the --chars before (a unit picked as the best of hundreds flatters itself); gate
 saturation; the Inspect request's seconds for 2,000 chars once warm. Writes
-bench/results/inspect-<checkpoint dir>.json; --screenshot photographs the Inspect view in Chromium.
+bench/results/inspect-<checkpoint dir>.json; --screenshot photographs the Inspect view.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
-"""Sharing a model with a class: the exported page's size and speed in headless Chromium, and the
-server with 1 and 30 clients at once.
+"""Sharing a model with a class: the exported page in headless Chromium, and the server.
 
     python -m bench.share --ckpt best=/tmp/charlm-finetune-base/best-15 --ckpt fast=runs/fast
 
-Per checkpoint: the exported file's size and weight precision; chars/s of the page at
-temperature 0.8 in Chromium (2,000 chars, median of 3); whether its argmax text equals
-Python's for 1,000 chars from a seed window, with the near-ties on that text. For the first
-checkpoint, the server (in this process): chars/s for 1 client x 1,000 chars, then 30 clients x
-1,000 chars at once (errors, median and worst time to the first chars, total chars/s), and this
-process's peak RSS after 10 and after 1,000 short requests. Writes bench/results/share.json.
+Per checkpoint: the exported file's size and precision, its chars/s at T 0.8 (2,000 chars,
+median of 3) and whether its argmax text is Python's for 1,000 chars (with the near-ties). For
+the first: the server with 1 and then 30 clients x 1,000 chars (errors, time to the first
+chars, chars/s) and the peak RSS after 10 and 1,000 short requests. Writes bench/results/share.json.
 """
 
 from __future__ import annotations

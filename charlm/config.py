@@ -204,7 +204,7 @@ DYNAMIC_METHODS = ("rms", "sgd")
 @dataclass(frozen=True)
 class DynamicSettings:
     """Dynamic evaluation's knobs. The rms defaults were chosen on the validation slice of
-    Alice, never on a test tail (bench/generalisation.py, BENCHMARKS.md)."""
+    Alice, never on a test tail (BENCHMARKS.md, "Generalisation with a held-out test tail")."""
 
     method: str = "rms"      # rms: Krause et al.'s RMS-normalised step with decay; sgd: plain steps
     lr: float = 3e-4         # step size (rms: in units of each parameter's RMS gradient)
@@ -275,7 +275,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
              "data": {"objective": "all", "stateful": True, "seq_length": 100, "val_frac": 0.1},
              "train": {"batch_size": 32, "epochs": 23, "learning_rate": 2e-3, "clip_norm": 5.0,
                        "lr_schedule": "cosine", "warmup_steps": 50, "max_time": 15.0}},
-    # The lowest validation loss in 15 minutes of this 2-core CPU (bench/generalisation.py,
+    # The lowest validation loss in 15 minutes of this 2-core CPU (bench/generalisation.py at 10fc6c2,
     # BENCHMARKS.md; chosen on the validation slice with the test tail held out): fast's GRU with
     # AWD-LSTM-style regularisation (variational dropout, DropConnect on U, embedding dropout),
     # decoupled weight decay and a weight average, so it can use the whole budget without
