@@ -22,6 +22,7 @@ import numpy as np
 
 from charlm.config import ModelConfig
 from charlm.model import MATMUL_DTYPES
+from charlm.recurrence import matmul
 
 BUCKET = 512  # texts are padded to a multiple of this, so nearby lengths share one compile
 TOP_K = 5
@@ -104,16 +105,10 @@ def _trace(params, cfg: ModelConfig, ids_N):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), layers
 
 
-def _recurrent(h, U, dtype):
-    if dtype is None:
-        return h @ U
-    return jnp.dot(h.astype(dtype), U.astype(dtype), preferred_element_type=jnp.float32)
-
-
 def _lstm(z_in_NxG, p, H, dtype):
     def step(carry, z_x):
         c, h = carry
-        i, f, g, o = jnp.split(z_x + _recurrent(h[None], p["recurrent_kernel"], dtype)[0], 4)
+        i, f, g, o = jnp.split(z_x + matmul(h, p["recurrent_kernel"], dtype), 4)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c = f * c + i * g
         h = o * jnp.tanh(c)
@@ -124,7 +119,7 @@ def _lstm(z_in_NxG, p, H, dtype):
 
 def _gru(z_in_NxG, p, H, dtype):
     def step(h, z_x):
-        zh = _recurrent(h[None], p["recurrent_kernel"], dtype)[0] + p["recurrent_bias"]
+        zh = matmul(h, p["recurrent_kernel"], dtype) + p["recurrent_bias"]
         r, u = jnp.split(jax.nn.sigmoid(z_x[:2 * H] + zh[:2 * H]), 2)
         n = jnp.tanh(z_x[2 * H:] + r * zh[2 * H:])
         h = (1 - u) * n + u * h
@@ -134,7 +129,7 @@ def _gru(z_in_NxG, p, H, dtype):
 
 def _rnn(z_in_NxH, p, H, dtype):
     def step(h, z_x):
-        h = jnp.tanh(z_x + _recurrent(h[None], p["recurrent_kernel"], dtype)[0])
+        h = jnp.tanh(z_x + matmul(h, p["recurrent_kernel"], dtype))
         return h, {"h": h}
     return jax.lax.scan(step, jnp.zeros(H, jnp.float32), z_in_NxH)[1]
 

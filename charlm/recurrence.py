@@ -36,7 +36,8 @@ def _cast(a, dtype):
     return a if dtype is None else a.astype(dtype)
 
 
-def _matmul(a, b, dtype):
+def matmul(a, b, dtype):
+    """a @ b with the operands in the matmul dtype and a float32 result (None: as they are)."""
     if dtype is None:
         return a @ b
     return jnp.dot(_cast(a, dtype), _cast(b, dtype), preferred_element_type=jnp.float32)
@@ -68,7 +69,7 @@ def _forward(x_TxBxD, W_Dx4H, b_4H, U_Hx4H, c0_BxH, h0_BxH, mask_TxB, matmul_dty
     def step(carry, inputs):
         c, h = carry
         x_t, m_t = inputs
-        z = _input_part(x_t, W_Dx4H, b_4H) + _matmul(h, U, matmul_dtype)
+        z = _input_part(x_t, W_Dx4H, b_4H) + matmul(h, U, matmul_dtype)
         gates = jnp.tanh(z * scale) * scale + shift  # [i, f, g, o], activated
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         new_c = f * c + i * g
@@ -104,8 +105,8 @@ def _backward(matmul_dtype, residuals, cotangents):
             keep = m_t[:, None]
             dz = jnp.where(keep, dz, 0)
             dc_prev = jnp.where(keep, dc_prev, dc_in)
-            return (dc_prev, jnp.where(keep, _matmul(dz, Ut, matmul_dtype), dh)), dz
-        return (dc_prev, _matmul(dz, Ut, matmul_dtype)), dz
+            return (dc_prev, jnp.where(keep, matmul(dz, Ut, matmul_dtype), dh)), dz
+        return (dc_prev, matmul(dz, Ut, matmul_dtype)), dz
 
     (dc0, dh0), dz_TxBx4H = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, gates, tanh_cs, mask_TxB),
                                          reverse=True)
@@ -118,7 +119,7 @@ def _recurrent_weight_grad(h_prev_TxBxH, dz_TxBxG, matmul_dtype):
     incoming h for this: pairing the output sequence with dz shifted by one step would copy both
     (slices of the stacks, 65 MB a seed-small step)."""
     H, G = h_prev_TxBxH.shape[-1], dz_TxBxG.shape[-1]
-    return _matmul(h_prev_TxBxH.reshape(-1, H).T, dz_TxBxG.reshape(-1, G), matmul_dtype)
+    return matmul(h_prev_TxBxH.reshape(-1, H).T, dz_TxBxG.reshape(-1, G), matmul_dtype)
 
 
 def _input_grads(x_TxBxD, W_DxG, dz_TxBxG):
@@ -179,7 +180,7 @@ def _gru_forward(x_TxBxD, W_Dx3H, b_3H, U_Hx3H, bh_3H, h0_BxH, mask_TxB, matmul_
     def step(h, inputs):
         x_t, m_t = inputs
         zx = _input_part(x_t, W_Dx3H, b_3H)
-        zh = _matmul(h, U, matmul_dtype) + bh_3H[None, :]
+        zh = matmul(h, U, matmul_dtype) + bh_3H[None, :]
         a = jnp.tanh(0.5 * (zx[:, :2 * H] + zh[:, :2 * H]))  # sigmoid(v) = 0.5 tanh(v / 2) + 0.5
         r, u = jnp.split(0.5 * a + 0.5, 2, axis=-1)
         hn = zh[:, 2 * H:]
@@ -207,7 +208,7 @@ def _gru_backward(matmul_dtype, residuals, cotangents):
         dau = dh * (h_p - n) * u * (1 - u)
         dzx = jnp.concatenate([dar, dau, dan], axis=-1)
         dzh = jnp.concatenate([dar, dau, dan * r], axis=-1)
-        dh_prev = dh * u + _matmul(dzh, Ut, matmul_dtype)
+        dh_prev = dh * u + matmul(dzh, Ut, matmul_dtype)
         if m_t is not None:  # a masked step passed its input state straight through
             keep = m_t[:, None]
             dzx, dzh, dh_prev = jnp.where(keep, dzx, 0), jnp.where(keep, dzh, 0), jnp.where(keep, dh_prev, dh)
@@ -238,7 +239,7 @@ def _rnn_forward(x_TxBxD, W_DxH, b_H, U_HxH, h0_BxH, mask_TxB, matmul_dtype):
 
     def step(h, inputs):
         x_t, m_t = inputs
-        new_h = jnp.tanh(_input_part(x_t, W_DxH, b_H) + _matmul(h, U, matmul_dtype))
+        new_h = jnp.tanh(_input_part(x_t, W_DxH, b_H) + matmul(h, U, matmul_dtype))
         if m_t is not None:
             new_h = jnp.where(m_t[:, None], new_h, h)
         return new_h, (new_h, h)
@@ -258,8 +259,8 @@ def _rnn_backward(matmul_dtype, residuals, cotangents):
         if m_t is not None:  # a masked step passed its input state straight through
             keep = m_t[:, None]
             dz = jnp.where(keep, dz, 0)
-            return jnp.where(keep, _matmul(dz, Ut, matmul_dtype), dh_in + dh_t), dz
-        return _matmul(dz, Ut, matmul_dtype), dz
+            return jnp.where(keep, matmul(dz, Ut, matmul_dtype), dh_in + dh_t), dz
+        return matmul(dz, Ut, matmul_dtype), dz
 
     dh0, dz_TxBxH = jax.lax.scan(step, dh_last, (dhs, hs, mask_TxB), reverse=True)
     dU = _recurrent_weight_grad(h_prev, dz_TxBxH, matmul_dtype).astype(U_HxH.dtype)
