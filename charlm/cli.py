@@ -54,6 +54,27 @@ def _preset_default(section: str, name: str) -> str:
     return f"(default: {value}, from --preset {DEFAULT_PRESET})"
 
 
+def web_page(name: str, placeholder: str | None = None, data=None) -> str:
+    """A page of charlm/web; with a placeholder, its `/*PLACEHOLDER*/null` becomes `data` as JSON
+    (with "</" escaped, so no string in it can end the page's script)."""
+    import json
+    from importlib import resources
+
+    html = resources.files("charlm").joinpath(f"web/{name}").read_text(encoding="utf-8")
+    if placeholder is None or data is None:
+        return html
+    return html.replace(f"/*{placeholder}*/null", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"), 1)
+
+
+def write_output(path: str, text: str) -> None:
+    """Writes a file the user asked for, or says in one line why it cannot."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise CharlmError(f"cannot write {path}: {e.strerror}") from None
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = Parser(prog="train.py", description="Train a char-level LSTM on a book and keep the best checkpoint.",
                 epilog="Examples:  python train.py  |  python train.py --layers 2  |  "

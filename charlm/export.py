@@ -16,42 +16,23 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
-import math
 import sys
 from collections.abc import Sequence
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
-from charlm.cli import Parser, guarded, prepare_process
-from charlm.errors import CharlmError
+from charlm.cli import Parser, guarded, prepare_process, web_page, write_output
 
 CHECK_CHARS = 300     # argmax chars compared per seed window when choosing 16-bit weights
 CHECK_SEEDS = 4
 NEAR_TIE = 1e-4       # logit gap under which float32 and float64 could pick different chars
 
 
-def _flat(params, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for name, value in params.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{name}/"))
-        else:
-            out[f"{prefix}{name}"] = np.asarray(value, np.float32)
-    return out
+def _flat(params) -> dict[str, np.ndarray]:
+    """The parameters by path ("gru_0/recurrent_kernel"), as float32 arrays."""
+    from flax.traverse_util import flatten_dict
 
-
-def _unflat(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    return {k: np.asarray(v, np.float32) for k, v in flatten_dict(params, sep="/").items()}
 
 
 def argmax_texts(params, cfg, vocab, primes: Sequence[str], length: int = CHECK_CHARS) -> list[str]:
@@ -62,29 +43,17 @@ def argmax_texts(params, cfg, vocab, primes: Sequence[str], length: int = CHECK_
 
 def weight_dtype(params, cfg, vocab, primes: Sequence[str]) -> str:
     """float16 when the weights rounded to 16 bits give the same argmax text on `primes`, else float32."""
-    rounded = _unflat({k: v.astype(np.float16).astype(np.float32) for k, v in _flat(params).items()})
+    from flax.traverse_util import unflatten_dict
+
+    rounded = unflatten_dict({k: v.astype(np.float16).astype(np.float32) for k, v in _flat(params).items()}, sep="/")
     same = argmax_texts(rounded, cfg, vocab, primes) == argmax_texts(params, cfg, vocab, primes)
     return "float16" if same else "float32"
-
-
-def model_card(cfg, vocab, meta: dict, run_dir: Path) -> dict:
-    from charlm.plot import read_metrics
-
-    try:
-        metrics = read_metrics(run_dir)
-    except CharlmError:
-        metrics = []
-    vals = [r["val_loss"] for r in metrics if "val_loss" in r]
-    corpus = meta.get("corpus") or {}
-    m = cfg.model
-    return {"corpus": Path(corpus.get("source") or "?").name, "chars": corpus.get("chars"), "vocab_size": vocab.size,
-            "net": f"{m.layers}x{m.hidden} {m.cell.upper()}, {m.input_encoding} input", "epochs": len(metrics),
-            "best_epoch": meta.get("epoch"), "val_bits_per_char": round(min(vals) / math.log(2), 4) if vals else None}
 
 
 def export(ckpt: str, dtype: str = "auto") -> tuple[str, dict]:
     """The page for `ckpt`, and what went into it: {"dtype", "bytes", "params"}."""
     from charlm.checkpoint import resolve, restore
+    from charlm.serve import model_card
 
     state, cfg, vocab, meta = restore(ckpt)
     params = state.params
@@ -100,8 +69,7 @@ def export(ckpt: str, dtype: str = "auto") -> tuple[str, dict]:
                     for k, v in flat.items()},
         "seeds": seeds, "card": model_card(cfg, vocab, meta, resolve(ckpt)),
     }
-    html = resources.files("charlm").joinpath("web/export.html").read_text(encoding="utf-8")
-    page = html.replace("/*MODEL*/null", json.dumps(model, separators=(",", ":")).replace("</", "<\\/"), 1)
+    page = web_page("export.html", "MODEL", model)
     return page, {"dtype": dtype, "bytes": len(page.encode()), "params": int(sum(v.size for v in flat.values()))}
 
 
@@ -134,10 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> None:
         page, info = export(args.ckpt, args.dtype)
-        try:
-            Path(args.out).write_text(page, encoding="utf-8")
-        except OSError as e:
-            raise CharlmError(f"cannot write {args.out}: {e.strerror}") from None
+        write_output(args.out, page)
         print(f"Wrote {args.out}: {info['bytes'] / 1e6:.2f} MB, {info['params']:,} parameters as {info['dtype']}; "
               f"open it in a browser (no server needed)")
 

@@ -14,11 +14,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from importlib import resources
 
 import numpy as np
 
-from charlm.cli import Parser, add_encoding_args, guarded, prepare_process
+from charlm.cli import Parser, add_encoding_args, guarded, prepare_process, web_page, write_output
 from charlm.errors import CharlmError
 
 MAX_CHARS = 20_000   # the command line's limit (a 20,000-char report is about 3 MB of HTML)
@@ -31,20 +30,17 @@ def encode_text(text: str, vocab, cfg, limit: int, *, whole_file: bool = False) 
     `limit` chars or has chars outside the vocabulary. A `whole_file` also loses its Gutenberg
     header and licence, as a training file does, and is cut to its first `limit` chars."""
     from charlm.corpus import clean_text
+    from charlm.sampling import encode_prime
 
-    d = cfg.data
-    cleaned = clean_text(text, lowercase=d.lowercase, strip=whole_file, strip_punctuation=d.strip_punctuation)
-    if whole_file:
-        cleaned = cleaned[:limit]
-    if len(cleaned) < 2:
+    if whole_file:  # cleaned here to cut it; encode_prime's cleaning then changes nothing
+        d = cfg.data
+        text = clean_text(text, lowercase=d.lowercase, strip_punctuation=d.strip_punctuation)[:limit]
+    ids = encode_prime(text, vocab, cfg, what="text")
+    if len(ids) < 2:
         raise CharlmError("the text needs at least 2 chars: the first has no past to be scored from")
-    if len(cleaned) > limit:
-        raise CharlmError(f"the text is {len(cleaned)} chars; the limit is {limit}")
-    missing = vocab.unknown_chars(cleaned)
-    if missing:
-        raise CharlmError(f"the text contains {len(missing)} char(s) not in the model's vocabulary: "
-                          f"{', '.join(repr(c) for c in missing[:20])}")
-    return vocab.encode(cleaned)
+    if len(ids) > limit:
+        raise CharlmError(f"the text is {len(ids)} chars; the limit is {limit}")
+    return ids
 
 
 def _rounded(a, digits: int = 3) -> list:
@@ -103,9 +99,7 @@ def inspection(params, cfg, vocab, ids: np.ndarray, *, span: tuple[int, int] | N
 
 def page(report: dict | None = None) -> str:
     """The Inspect page; with a report embedded it is a self-contained file, else it asks the server."""
-    html = resources.files("charlm").joinpath("web/inspect.html").read_text(encoding="utf-8")
-    data = "null" if report is None else json.dumps(report, separators=(",", ":")).replace("</", "<\\/")
-    return html.replace("/*REPORT*/null", data, 1)
+    return web_page("inspect.html", "REPORT", report)
 
 
 def units_table(report: dict) -> str:
@@ -150,11 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(units_table(report))
         for path, content in ((args.html, lambda: page(report)), (args.json, lambda: json.dumps(report))):
             if path:
-                try:
-                    with open(path, "w", encoding="utf-8") as f:
-                        f.write(content())
-                except OSError as e:
-                    raise CharlmError(f"cannot write {path}: {e.strerror}") from None
+                write_output(path, content())
                 print(f"Wrote {path}")
 
     return guarded("charlm-inspect", run)

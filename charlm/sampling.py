@@ -112,15 +112,16 @@ def sampling_model(cfg: ModelConfig, precision: str | None = None) -> ModelConfi
     return cfg if precision is None else dataclasses.replace(cfg, precision=precision)
 
 
-def encode_prime(prime: str, vocab: Vocab, cfg: RunConfig) -> np.ndarray:
-    """Prepares user prime text as training prepared the corpus (newlines, case, punctuation)."""
+def encode_prime(prime: str, vocab: Vocab, cfg: RunConfig, what: str = "prime text") -> np.ndarray:
+    """Prepares user text as training prepared the corpus (newlines, case, punctuation); `what`
+    names it in the errors (an empty text, chars outside the vocabulary)."""
     if not prime:
-        raise CharlmError("the prime text is empty")
+        raise CharlmError(f"the {what} is empty")
     d = cfg.data
     text = clean_text(prime, lowercase=d.lowercase, strip=False, strip_punctuation=d.strip_punctuation)
     missing = vocab.unknown_chars(text)
     if missing:
-        raise CharlmError(f"prime text contains {len(missing)} char(s) not in the model's vocabulary: "
+        raise CharlmError(f"{what} contains {len(missing)} char(s) not in the model's vocabulary: "
                           f"{', '.join(repr(c) for c in missing)}")
     return vocab.encode(text)
 

@@ -37,10 +37,9 @@ from http import HTTPStatus
 import ipaddress
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
 
-from charlm.cli import Parser, guarded, prepare_process
+from charlm.cli import Parser, guarded, prepare_process, web_page
 from charlm.errors import CharlmError
 
 MAX_BODY = 16_384
@@ -102,24 +101,14 @@ class App:
         self.context = "stateful"
 
     def card(self) -> dict:
-        corpus = self.meta.get("corpus") or {}
-        metrics = self.metrics()
-        vals = [r["val_loss"] for r in metrics if "val_loss" in r]
-        return {"corpus": Path(corpus.get("source") or "?").name, "chars": corpus.get("chars"),
-                "vocab_size": self.vocab.size, "config": self.cfg.to_dict(), "epochs": len(metrics),
-                "best_epoch": self.meta.get("epoch"), "val_bits_per_char": min(vals) / math.log(2) if vals else None,
+        return {**model_card(self.cfg, self.vocab, self.meta, self.run_dir),
                 "limits": {**{k: [lo, hi] for k, (_, lo, hi, _) in LIMITS.items()}, "prime": [1, MAX_PRIME],
                            "inspect": [2, MAX_INSPECT]},
                 "defaults": {k: d for k, (_, _, _, d) in LIMITS.items()}, "seed_prime": self.meta["seeds"][0],
                 "seeds": self.meta["seeds"]}
 
     def metrics(self) -> list[dict]:
-        from charlm.plot import read_metrics
-
-        try:
-            return read_metrics(self.run_dir)
-        except CharlmError:
-            return []
+        return run_metrics(self.run_dir)
 
     def parse(self, body: bytes) -> dict:
         """The request's generation parameters, checked, or BadRequest."""
@@ -179,6 +168,26 @@ class App:
                     pass
 
 
+def run_metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl records, or none (the packaged base model, a copied checkpoint)."""
+    from charlm.plot import read_metrics
+
+    try:
+        return read_metrics(run_dir)
+    except CharlmError:
+        return []
+
+
+def model_card(cfg, vocab, meta: dict, run_dir: Path) -> dict:
+    """What the page and the exported file show about a model: its text, net, epochs and best val."""
+    corpus = meta.get("corpus") or {}
+    metrics = run_metrics(run_dir)
+    vals = [r["val_loss"] for r in metrics if "val_loss" in r]
+    return {"corpus": Path(corpus.get("source") or "?").name, "chars": corpus.get("chars"),
+            "vocab_size": vocab.size, "config": cfg.to_dict(), "epochs": len(metrics),
+            "best_epoch": meta.get("epoch"), "val_bits_per_char": min(vals) / math.log(2) if vals else None}
+
+
 def _json_object(body: bytes, allowed: set[str]) -> dict:
     try:
         request = json.loads(body.decode("utf-8")) if body.strip() else {}
@@ -230,31 +239,28 @@ def make_handler(app: App, allowed_names: Sequence[str] = (), max_streams: int =
             return False
 
         def _busy(self) -> None:
-            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
-            body = json.dumps({"error": f"busy: {max_streams} generations are running; try again in a moment"}).encode()
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Retry-After", "2")
-            self.end_headers()
-            self.wfile.write(body)
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE,
+                       {"error": f"busy: {max_streams} generations are running; try again in a moment"},
+                       {"Retry-After": "2"})
 
-        def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+        def _send(self, status: HTTPStatus, body: bytes, kind: str, headers: dict | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, status: HTTPStatus, obj) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json")
+        def _json(self, status: HTTPStatus, obj, headers: dict | None = None) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json", headers)
 
         def do_GET(self):
             if self._refused():
                 return
             if self.path in ("/", "/index.html"):
-                page = resources.files("charlm").joinpath("web/index.html").read_bytes()
-                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+                self._send(HTTPStatus.OK, web_page("index.html").encode(), "text/html; charset=utf-8")
             elif self.path == "/inspect":
                 from charlm.inspect import page
 
